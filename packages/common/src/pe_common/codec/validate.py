@@ -1,0 +1,72 @@
+"""The decoder's checks for a tensor already in memory (the offline ``LLM`` API)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pe_common.codec.decode import check_hidden_size, param_scope
+from pe_common.codec.limits import EmbedsLimits
+from pe_common.codec.tensor_view import check_shape
+from pe_common.errors import PromptEmbedsError
+
+if TYPE_CHECKING:
+    import torch
+
+_DEFAULT_LIMITS = EmbedsLimits()
+
+
+def validate_prompt_embeds_tensor(
+    t: torch.Tensor,
+    *,
+    hidden_size: int,
+    dtype: torch.dtype,
+    limits: EmbedsLimits = _DEFAULT_LIMITS,
+    param: str = "prompt_embeds",
+) -> torch.Tensor:
+    """Check an in-memory tensor like a decoded payload and return an owned CPU copy.
+
+    A leading dimension of 1 of a 3-D tensor is squeezed; the result is a contiguous
+    ``(num_tokens, hidden_size)`` tensor in ``dtype`` (any floating source dtype is cast),
+    detached, on the CPU, with only finite values.
+    """
+    import torch
+
+    from pe_common.codec.materialize_torch import check_finite
+
+    check_hidden_size(hidden_size)
+    with param_scope(param):
+        _check_kind(t)
+        itemsize = max(t.element_size(), dtype.itemsize)
+        check_shape(tuple(t.shape), hidden_size=hidden_size, itemsize=itemsize, limits=limits)
+        if not t.is_floating_point():
+            raise PromptEmbedsError(
+                f"`prompt_embeds` dtype {t.dtype} is not a floating-point type, cannot safely "
+                f"cast to the model's dtype {dtype}.",
+                code="unsupported_dtype",
+            )
+        source = t.detach()
+        if source.dim() == 3:
+            source = source[0]
+        out = torch.empty(source.shape, dtype=dtype)
+        out.copy_(source)
+        check_finite(out)
+        return out
+
+
+def _check_kind(t: object) -> None:
+    import torch
+
+    if not isinstance(t, torch.Tensor):
+        raise PromptEmbedsError(
+            "`prompt_embeds` must be a torch.Tensor.", code="unsupported_tensor_kind"
+        )
+    if t.layout != torch.strided:
+        raise PromptEmbedsError(
+            "`prompt_embeds` is a sparse tensor; only dense (strided) tensors are accepted.",
+            code="unsupported_layout",
+        )
+    if t.is_quantized or t.is_nested or t.is_meta:
+        raise PromptEmbedsError(
+            "`prompt_embeds` must be a plain tensor (not quantized, nested or meta).",
+            code="unsupported_tensor_kind",
+        )

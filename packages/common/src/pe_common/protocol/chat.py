@@ -1,0 +1,136 @@
+"""``POST /v1/chat/completions``: the request (OpenAI fields plus vLLM's extras) and responses."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from pe_common.protocol.chat_message import ChatMessage, ChatMessageBody, ToolCall
+from pe_common.protocol.common import (
+    RequestStruct,
+    ResponseStruct,
+    StreamOptions,
+    Usage,
+    unix_time,
+)
+from pe_common.protocol.logprobs import ChatCompletionLogprobs, PromptLogprobs
+
+
+class _ChatFields(RequestStruct, kw_only=True):
+    """Every chat field whose wire type is also its decoded type."""
+
+    model: str | None = None
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    n: int = 1
+    presence_penalty: float = 0.0
+    response_format: dict[str, Any] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    user: str | None = None
+    # accepted so that tool-aware clients can talk to pe; tool calling itself is refused
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    # vLLM extras, vLLM's names; None means the server's / model's default
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    stop_token_ids: list[int] | None = None
+    skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    return_token_ids: bool = False
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    echo: bool = False
+    add_special_tokens: bool = False
+    truncate_prompt_tokens: int | None = None
+
+    @property
+    def effective_max_tokens(self) -> int | None:
+        """``max_completion_tokens`` when given, else the deprecated ``max_tokens``."""
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens
+        return self.max_tokens
+
+
+class ChatCompletionRequest(_ChatFields, kw_only=True):
+    """A decoded chat request (see :func:`decode_chat_request`); ``stop`` is a list."""
+
+    messages: list[ChatMessage]
+    stop: list[str] | None = None
+
+
+class ChatCompletionRequestBody(_ChatFields, kw_only=True):
+    """The chat body as it arrives; decoding normalises it into :class:`ChatCompletionRequest`."""
+
+    messages: list[ChatMessageBody]
+    stop: str | list[str] | None = None
+
+
+class ChatCompletionMessage(ResponseStruct, kw_only=True):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+    refusal: str | None = None
+    tool_calls: list[ToolCall] = msgspec.field(default_factory=list)
+
+
+class ChatCompletionChoice(ResponseStruct, kw_only=True):
+    index: int
+    message: ChatCompletionMessage
+    logprobs: ChatCompletionLogprobs | None = None
+    finish_reason: str
+    stop_reason: int | str | None = None
+    token_ids: list[int] | None = None
+
+
+class ChatCompletionResponse(ResponseStruct, kw_only=True):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = msgspec.field(default_factory=unix_time)
+    model: str
+    choices: list[ChatCompletionChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+    prompt_token_ids: list[int] | None = None
+    prompt_logprobs: PromptLogprobs | None = None
+
+
+class DeltaMessage(ResponseStruct, omit_defaults=True, kw_only=True):
+    """A stream delta: only the fields that changed (``{}`` on the final chunk)."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatCompletionChunkChoice(ResponseStruct, kw_only=True):
+    index: int
+    delta: DeltaMessage = msgspec.field(default_factory=DeltaMessage)
+    logprobs: ChatCompletionLogprobs | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    token_ids: list[int] | None = None
+
+
+class ChatCompletionStreamResponse(ResponseStruct, kw_only=True):
+    """One ``data:`` event of a chat stream."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int = msgspec.field(default_factory=unix_time)
+    model: str
+    choices: list[ChatCompletionChunkChoice] = msgspec.field(default_factory=list)
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+    prompt_token_ids: list[int] | None = None

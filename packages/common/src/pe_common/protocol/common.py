@@ -1,0 +1,85 @@
+"""Base struct configurations and the small types every endpoint shares."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Union
+
+import msgspec
+
+
+def unix_time() -> int:
+    """Seconds since the epoch, for ``created`` fields."""
+    return int(time.time())
+
+
+class RequestStruct(msgspec.Struct, kw_only=True, forbid_unknown_fields=False, omit_defaults=True):
+    """Base of request types: unknown fields are ignored, defaults are left out when encoding.
+
+    msgspec does not inherit ``kw_only``: every subclass repeats it.
+    """
+
+
+class ResponseStruct(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    """Base of response types: every field is written, ``None`` as ``null``."""
+
+
+class RawEmbeds(RequestStruct, kw_only=True):
+    """Raw little-endian tensor bytes with declared metadata (a pe extension).
+
+    ``data`` is base64 text in JSON bodies and the bytes themselves in msgpack bodies.
+    """
+
+    data: str | bytes
+    dtype: str
+    shape: list[int]
+
+
+# What one prompt-embeddings item is after decoding: base64 text of a torch.save /
+# safetensors file, the file bytes themselves (msgpack), or raw bytes with metadata.
+EmbedsPayload = Union[str, bytes, RawEmbeds]
+
+RAW_EMBEDS_JSON_SCHEMA: dict[str, Any] = {
+    "title": "RawEmbeds",
+    "type": "object",
+    "description": "Raw little-endian tensor bytes with their dtype and shape (pe extension).",
+    "properties": {
+        "data": {
+            "type": "string",
+            "contentEncoding": "base64",
+            "description": "base64 in JSON; a msgpack `bin` in msgpack bodies",
+        },
+        "dtype": {"enum": ["float32", "float16", "bfloat16"]},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+    },
+    "required": ["data", "dtype", "shape"],
+}
+
+EMBEDS_ITEM_JSON_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {
+            "type": "string",
+            "contentEncoding": "base64",
+            "description": "base64 of a torch.save file or a safetensors file holding one tensor",
+        },
+        RAW_EMBEDS_JSON_SCHEMA,
+    ]
+}
+
+
+class StreamOptions(RequestStruct, kw_only=True):
+    """``stream_options``; defaults follow vLLM."""
+
+    include_usage: bool | None = True
+    continuous_usage_stats: bool | None = False
+
+
+class PromptTokensDetails(ResponseStruct, kw_only=True):
+    cached_tokens: int = 0
+
+
+class Usage(ResponseStruct, kw_only=True):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
