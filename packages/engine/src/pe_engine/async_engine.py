@@ -1,0 +1,222 @@
+"""The engine loop on one dedicated thread, driven from asyncio through thread-safe queues."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pe_engine.chat import ChatPromptBuilder
+from pe_engine.config import EngineConfig
+from pe_engine.llm_engine import EngineStepError, LLMEngine
+from pe_engine.outputs import RequestOutput
+from pe_engine.prompt import Prompt
+from pe_engine.sampling_params import SamplingParams
+
+log = logging.getLogger("pe_engine")
+
+# Failed steps in a row after which the engine is declared dead.
+MAX_CONSECUTIVE_STEP_FAILURES = 3
+
+
+class EngineDeadError(RuntimeError):
+    """The engine loop stopped; no request can be served any more."""
+
+
+@dataclass
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[RequestOutput | BaseException]
+
+
+class AsyncEngine:
+    """Serves ``generate`` calls from any event loop while one thread owns all engine state.
+
+    Handlers only submit, await and abort: commands go through an inbox that the engine
+    thread drains at the start of each step; outputs come back through
+    ``loop.call_soon_threadsafe`` into a per-request ``asyncio.Queue``.
+
+    ``fault_injector`` (tests): called with the step number before every step; an exception
+    it raises kills the engine like an unrecoverable failure would.
+    """
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        fault_injector: Callable[[int], None] | None = None,
+        engine: LLMEngine | None = None,
+    ) -> None:
+        self.config = config
+        self.engine = engine or LLMEngine(config)
+        self.fault_injector = fault_injector
+        # The caller side gets its own tokenizer copy: the engine thread detokenizes with its.
+        self.tokenizer = copy.deepcopy(self.engine.tokenizer)
+        self.chat_builder = ChatPromptBuilder(
+            self.tokenizer, enable_prompt_embeds=config.enable_prompt_embeds
+        )
+        self.hidden_size = self.engine.hidden_size
+        self.max_model_len = self.engine.max_model_len
+        self.vocab_size = self.engine.vocab_size
+        self.dtype = self.engine.dtype
+        self.errored: BaseException | None = None
+        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._wakeup = threading.Event()
+        self._streams: dict[str, _Stream] = {}
+        self._lock = threading.Lock()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._num_failed_steps = 0
+        self._stats = self.engine.stats()
+
+    @property
+    def is_healthy(self) -> bool:
+        return self.errored is None and self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="pe-engine", daemon=True)
+            self._thread.start()
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop the loop; requests still in flight fail with EngineDeadError."""
+        self._stop = True
+        self._wakeup.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._fail_all(EngineDeadError("engine shut down"))
+
+    def stats(self) -> dict[str, int]:
+        """A snapshot taken by the engine thread after its last step (safe from any thread)."""
+        return dict(self._stats)
+
+    # ---- the caller's side ------------------------------------------------------------------
+
+    async def generate(
+        self, prompt: Prompt, params: SamplingParams, request_id: str
+    ) -> AsyncIterator[RequestOutput]:
+        """Cumulative outputs of one request; the last one has ``finished=True``.
+
+        Cancelling the consumer or closing the iterator aborts the request.
+        """
+        if self.errored is not None or self._stop:
+            raise EngineDeadError("engine is not running") from self.errored
+        self.engine.prompt_builder.validate(prompt)
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        with self._lock:
+            if request_id in self._streams:
+                raise ValueError(f"request id {request_id!r} is already running")
+            self._streams[request_id] = stream
+        self._submit("add", (request_id, prompt, params))
+        finished = False
+        try:
+            if self.errored is not None:  # died before it could see this stream
+                finished = True
+                raise EngineDeadError("engine is not running") from self.errored
+            while not finished:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            with self._lock:
+                self._streams.pop(request_id, None)
+            if not finished:
+                self._submit("abort", request_id)
+
+    def abort(self, request_id: str) -> None:
+        """Abort a request (harmless for unknown or finished ids)."""
+        self._submit("abort", request_id)
+
+    def _submit(self, command: str, payload: Any) -> None:
+        self._inbox.put((command, payload))
+        self._wakeup.set()
+
+    # ---- the engine thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop:
+            self._wakeup.clear()
+            self._drain_inbox()
+            if not self.engine.has_unfinished_requests():
+                self._wakeup.wait()
+                continue
+            try:
+                if self.fault_injector is not None:
+                    self.fault_injector(self.engine.num_steps)
+                outputs = self.engine.step()
+            except EngineStepError as exc:
+                self._on_step_error(exc)
+                continue
+            except BaseException as exc:  # the engine state can no longer be trusted
+                self._die(exc)
+                return
+            self._num_failed_steps = 0
+            self._stats = self.engine.stats()
+            for output in outputs:
+                self._deliver(output.request_id, output)
+
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                command, payload = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if command == "add":
+                self._add(*payload)
+            else:
+                output = self.engine.abort_request(payload)
+                if output is not None:
+                    self._deliver(payload, output)
+        self._stats = self.engine.stats()
+
+    def _add(self, request_id: str, prompt: Prompt, params: SamplingParams) -> None:
+        try:
+            self.engine.add_request(request_id, prompt, params)
+        except Exception as exc:
+            self._deliver(request_id, exc)
+
+    def _on_step_error(self, exc: EngineStepError) -> None:
+        log.error("engine step failed: %r", exc.cause)
+        self._num_failed_steps += 1
+        self._stats = self.engine.stats()
+        for request_id in exc.request_ids:
+            self._deliver(request_id, exc)
+        if self._num_failed_steps >= MAX_CONSECUTIVE_STEP_FAILURES:
+            self._die(exc)
+
+    def _die(self, exc: BaseException) -> None:
+        log.error("engine loop died: %r", exc)
+        self.errored = exc
+        self._stats = self._safe_stats()
+        dead = EngineDeadError("the engine failed and cannot continue")
+        dead.__cause__ = exc
+        self._fail_all(dead)
+
+    def _safe_stats(self) -> dict[str, int]:
+        try:
+            return self.engine.stats()
+        except Exception:
+            return dict(self._stats)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self._lock:
+            request_ids = list(self._streams)
+        for request_id in request_ids:
+            self._deliver(request_id, exc)
+
+    def _deliver(self, request_id: str, item: RequestOutput | BaseException) -> None:
+        with self._lock:
+            stream = self._streams.get(request_id)
+        if stream is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the consumer's loop is closed
+            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)

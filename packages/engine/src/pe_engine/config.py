@@ -1,0 +1,94 @@
+"""EngineConfig: the one frozen configuration of the engine, validated when built."""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    import torch
+
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+Device = Literal["auto", "cpu", "cuda"]
+
+_DTYPE_ALIASES = {
+    "float32": "float32",
+    "float": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "half": "float16",
+    "fp16": "float16",
+}
+DEFAULT_CPU_KV_CACHE_MEMORY = 1 << 30
+
+
+class EngineConfig(BaseModel):
+    """Engine settings. ``dtype="auto"`` is the model's config.json dtype (float32 if absent);
+    ``device="auto"`` is CUDA when available, else CPU."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    model: str
+    tokenizer: str | None = None
+    dtype: DType = "auto"
+    device: Device = "auto"
+    max_model_len: int | None = Field(None, ge=1)
+    max_num_seqs: int = Field(64, ge=1)
+    max_num_batched_tokens: int = Field(2048, ge=1)
+    block_size: int = Field(16, ge=1)
+    num_kv_blocks: int | None = Field(None, ge=1)
+    kv_cache_memory: int | None = Field(None, ge=1)  # bytes; default 1 GiB on CPU
+    enable_prompt_embeds: bool = False
+    enable_prefix_caching: bool = True
+    max_embeds_bytes: int = Field(256 * 2**20, ge=1)
+    seed: int = 0
+    enforce_eager: bool = False
+
+    @cached_property
+    def model_dir(self) -> Path:
+        return Path(self.model)
+
+    @cached_property
+    def config_json(self) -> dict[str, Any]:
+        """The raw config.json of the model directory ({} when there is none)."""
+        path = self.model_dir / "config.json"
+        if not path.is_file():
+            return {}
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+    @cached_property
+    def dtype_name(self) -> str:
+        """The resolved dtype name: float32, bfloat16 or float16."""
+        if self.dtype != "auto":
+            return self.dtype
+        raw = self.config_json.get("dtype") or self.config_json.get("torch_dtype")
+        return _DTYPE_ALIASES.get(str(raw).removeprefix("torch."), "float32")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        import torch
+
+        return getattr(torch, self.dtype_name)
+
+    @cached_property
+    def device_name(self) -> str:
+        """The resolved device: "cuda" or "cpu"."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    @cached_property
+    def hf_config(self) -> Any:
+        """The model's transformers config (loaded once, offline)."""
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.model)

@@ -1,0 +1,158 @@
+"""The offline API, shaped like vLLM's ``LLM``."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+import torch
+
+from pe_common.codec import EmbedsLimits, decode_prompt_embeds, validate_prompt_embeds_tensor
+from pe_engine.chat import ChatPromptBuilder
+from pe_engine.config import EngineConfig
+from pe_engine.llm_engine import LLMEngine
+from pe_engine.outputs import RequestOutput
+from pe_engine.prompt import Prompt
+from pe_engine.prompt_builder import embeds_disabled_error
+from pe_engine.sampling_params import SamplingParams
+
+PromptInput = str | Mapping[str, Any] | Prompt
+Message = dict[str, Any]
+
+
+class LLM:
+    """Generate from text, token ids, prompt embeddings or a mix of them, in one process.
+
+    ``LLM(model="path/to/hf_dir" | "demo", enable_prompt_embeds=True, dtype="float32", ...)``
+    takes any :class:`EngineConfig` field as a keyword.
+    """
+
+    def __init__(self, model: str, **kwargs: Any) -> None:
+        from pe_engine.demo_model import resolve_model
+
+        self.config = EngineConfig(model=str(resolve_model(model)), **kwargs)
+        self.engine = LLMEngine(self.config)
+        self.chat_builder = ChatPromptBuilder(
+            self.engine.tokenizer, enable_prompt_embeds=self.config.enable_prompt_embeds
+        )
+        self._request_counter = itertools.count()
+
+    def get_tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    def generate(
+        self,
+        prompts: PromptInput | Sequence[PromptInput],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        """Run every prompt to completion; outputs come back in the order of the inputs.
+
+        A prompt is a str, ``{"prompt": str}``, ``{"prompt_token_ids": [...]}``,
+        ``{"prompt_embeds": tensor}`` ((N, H) or (1, N, H), any float dtype, any device) or a mixed
+        ``{"prompt_token_ids", "prompt_embeds", "is_token_ids" | "prompt_is_token_ids"}``.
+        """
+        if isinstance(prompts, (str, Mapping, Prompt)):
+            prompts = [prompts]
+        built = [self.engine.prompt_builder.build(p) for p in prompts]
+        return self._run(built, sampling_params, use_tqdm)
+
+    def chat(
+        self,
+        messages: list[Message] | list[list[Message]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+        *,
+        chat_template: str | None = None,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        chat_template_kwargs: dict[str, Any] | None = None,
+    ) -> list[RequestOutput]:
+        """Apply the chat template to one conversation or a list of them and generate.
+
+        Content parts may be ``{"type": "prompt_embeds", "data": tensor | base64 str}``.
+        """
+        conversations: list[list[Message]]
+        if messages and isinstance(messages[0], list):
+            conversations = messages
+        else:
+            conversations = [cast("list[Message]", messages)]
+        built = []
+        for conversation in conversations:
+            prompt = self.chat_builder.build(
+                [self._decode_parts(m) for m in conversation],
+                chat_template=chat_template,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+                chat_template_kwargs=chat_template_kwargs,
+            )
+            self.engine.prompt_builder.validate(prompt)
+            built.append(prompt)
+        return self._run(built, sampling_params, use_tqdm)
+
+    def _decode_parts(self, message: Message) -> Message:
+        content = message.get("content")
+        if not isinstance(content, list):
+            return message
+        return {**message, "content": [self._decode_part(part) for part in content]}
+
+    def _decode_part(self, part: Any) -> Any:
+        if not isinstance(part, Mapping) or part.get("type") != "prompt_embeds":
+            return part
+        if not self.config.enable_prompt_embeds:
+            raise embeds_disabled_error(period=False)
+        data = part.get("data")
+        limits = EmbedsLimits(max_bytes=self.config.max_embeds_bytes)
+        model = {"hidden_size": self.engine.hidden_size, "dtype": self.engine.dtype}
+        if isinstance(data, torch.Tensor):
+            tensor = validate_prompt_embeds_tensor(data, limits=limits, **model)
+        else:
+            payload = data if isinstance(data, (str, bytes)) else part
+            tensor = decode_prompt_embeds(payload, limits=limits, **model)
+        return {"type": "prompt_embeds", "data": tensor}
+
+    def _run(
+        self,
+        prompts: list[Prompt],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None,
+        use_tqdm: bool,
+    ) -> list[RequestOutput]:
+        params = _params_per_prompt(sampling_params, len(prompts))
+        request_ids = [str(next(self._request_counter)) for _ in prompts]
+        try:
+            for request_id, prompt, p in zip(request_ids, prompts, params, strict=True):
+                self.engine.add_request(request_id, prompt, p)
+            finals = self._run_engine(len(prompts), use_tqdm)
+        except BaseException:
+            for request_id in request_ids:
+                self.engine.abort_request(request_id)
+            raise
+        return [finals[request_id] for request_id in request_ids]
+
+    def _run_engine(self, num_requests: int, use_tqdm: bool) -> dict[str, RequestOutput]:
+        from tqdm.auto import tqdm
+
+        finals: dict[str, RequestOutput] = {}
+        with tqdm(total=num_requests, desc="Processed prompts", disable=not use_tqdm) as bar:
+            while self.engine.has_unfinished_requests():
+                for output in self.engine.step():
+                    if output.finished:
+                        finals[output.request_id] = output
+                        bar.update(1)
+        return finals
+
+
+def _params_per_prompt(
+    sampling_params: SamplingParams | Sequence[SamplingParams] | None, num_prompts: int
+) -> list[SamplingParams]:
+    if sampling_params is None:
+        return [SamplingParams() for _ in range(num_prompts)]
+    if isinstance(sampling_params, SamplingParams):
+        return [sampling_params] * num_prompts
+    params = list(sampling_params)
+    if len(params) != num_prompts:
+        raise ValueError(
+            f"got {len(params)} sampling params for {num_prompts} prompts; pass one or one each"
+        )
+    return params

@@ -1,0 +1,309 @@
+"""The synchronous engine: requests in, one ``step()`` at a time, incremental outputs out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pe_common.errors import InvalidRequestError
+from pe_engine.block_manager import BlockManager
+from pe_engine.config import EngineConfig
+from pe_engine.detokenizer import decode_token
+from pe_engine.model_runner import ModelRunner, SampleResult
+from pe_engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from pe_engine.prompt import Prompt
+from pe_engine.prompt_builder import PromptBuilder
+from pe_engine.sampling_params import SamplingParams
+from pe_engine.scheduler import Scheduler
+from pe_engine.sequence import Sequence, SequenceStatus
+
+
+class EngineStepError(RuntimeError):
+    """A step failed inside the model runner; the requests in ``request_ids`` were failed."""
+
+    def __init__(self, request_ids: list[str], cause: BaseException) -> None:
+        super().__init__(f"engine step failed for {len(request_ids)} request(s): {cause!r}")
+        self.request_ids = request_ids
+        self.cause = cause
+
+
+@dataclass
+class _Request:
+    request_id: str
+    prompt: Prompt
+    params: SamplingParams
+    seqs: list[Sequence]
+    metrics: RequestMetrics
+    logprobs: list[list[dict[int, Logprob]]] = field(default_factory=list)
+    cumulative_logprobs: list[float] = field(default_factory=list)
+
+
+class LLMEngine:
+    """Owns the model runner, the scheduler and the KV blocks; not thread-safe (one owner)."""
+
+    def __init__(self, config: EngineConfig, *, runner: ModelRunner | None = None) -> None:
+        self.config = config
+        self.runner = runner or ModelRunner(config)
+        self.tokenizer = load_tokenizer(config)
+        self.max_model_len = self.runner.max_model_len
+        self.block_manager = BlockManager(
+            self.runner.num_kv_blocks,
+            self.runner.block_size,
+            enable_prefix_caching=config.enable_prefix_caching,
+        )
+        self.scheduler = Scheduler(
+            self.block_manager,
+            max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=config.max_num_batched_tokens,
+            max_model_len=self.max_model_len,
+            eos_token_ids=eos_token_ids(config, self.runner.hf_config, self.tokenizer),
+            tokenizer=self.tokenizer,
+        )
+        self.prompt_builder = PromptBuilder(
+            tokenizer=self.tokenizer,
+            hidden_size=self.runner.hidden_size,
+            dtype=self.runner.dtype,
+            vocab_size=self.runner.vocab_size,
+            max_model_len=self.max_model_len,
+            enable_prompt_embeds=config.enable_prompt_embeds,
+        )
+        self._requests: dict[str, _Request] = {}
+        self.num_steps = 0
+        self.num_scheduled_tokens = 0  # prompt, recompute and decode positions computed
+        self.num_generation_tokens = 0
+
+    @property
+    def hidden_size(self) -> int:
+        return self.runner.hidden_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.runner.vocab_size
+
+    @property
+    def dtype(self) -> Any:
+        return self.runner.dtype
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.block_manager.num_free_blocks
+
+    @property
+    def num_total_blocks(self) -> int:
+        return self.block_manager.num_total_blocks
+
+    # ---- requests --------------------------------------------------------------------------
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: Prompt | str | Mapping[str, Any],
+        params: SamplingParams,
+        *,
+        arrival_time: float | None = None,
+    ) -> None:
+        """Validate and queue a request; it joins the running batch at the next step.
+
+        ``prompt``: a :class:`Prompt` or any form ``LLM.generate`` accepts.
+        """
+        if request_id in self._requests:
+            raise ValueError(f"request id {request_id!r} is already running")
+        prompt = self.prompt_builder.build(prompt)
+        _check_supported(params)
+        self._check_fits_pool(prompt)
+        seqs = [Sequence.from_prompt(request_id, prompt, params, branch=i) for i in range(params.n)]
+        self._requests[request_id] = _Request(
+            request_id=request_id,
+            prompt=prompt,
+            params=params,
+            seqs=seqs,
+            metrics=RequestMetrics(arrival_time=arrival_time or time.time()),
+            logprobs=[[] for _ in seqs],
+            cumulative_logprobs=[0.0 for _ in seqs],
+        )
+        self.scheduler.add_seqs(seqs)
+
+    def _check_fits_pool(self, prompt: Prompt) -> None:
+        capacity = self.block_manager.num_total_blocks * self.block_manager.block_size
+        if prompt.num_tokens + 1 > capacity:
+            raise InvalidRequestError(
+                f"The prompt ({prompt.num_tokens} tokens) does not fit the KV cache "
+                f"({capacity} token slots).",
+                code="context_length_exceeded",
+                param="prompt",
+            )
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        """Stop a request now and free its blocks; returns its final output (``abort``)."""
+        request = self._requests.get(request_id)
+        if request is None:
+            return None
+        for seq in request.seqs:
+            if not seq.is_finished:
+                self.scheduler.finish(seq, SequenceStatus.FINISHED_ABORTED)
+        self.scheduler.pop_finished(request.seqs)
+        return self._make_output(request)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._requests)
+
+    @property
+    def num_unfinished_requests(self) -> int:
+        return len(self._requests)
+
+    # ---- the step ---------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """schedule -> run -> postprocess; returns the outputs of requests that progressed."""
+        scheduled = self.scheduler.schedule()
+        results = self._execute(scheduled)
+        self.scheduler.postprocess(scheduled, results)
+        return self._collect_outputs(scheduled, results)
+
+    def _execute(self, scheduled: list[tuple[Sequence, int]]) -> list[SampleResult | None]:
+        self.num_steps += 1
+        if not scheduled:
+            return []
+        try:
+            return self.runner.execute(scheduled)
+        except Exception as exc:
+            failed = list(dict.fromkeys(seq.request_id for seq, _ in scheduled))
+            for request_id in failed:
+                self.abort_request(request_id)
+            raise EngineStepError(failed, exc) from exc
+
+    def _collect_outputs(
+        self, scheduled: list[tuple[Sequence, int]], results: list[SampleResult | None]
+    ) -> list[RequestOutput]:
+        now = time.time()
+        touched: dict[str, _Request] = {}
+        for (seq, num_new), result in zip(scheduled, results, strict=True):
+            request = self._requests[seq.request_id]
+            if request.metrics.first_scheduled_time is None:
+                request.metrics.first_scheduled_time = now
+            self.num_scheduled_tokens += num_new
+            if result is not None:
+                self._record_sample(request, seq, result, now)
+                touched[request.request_id] = request
+        for seq in self.scheduler.pop_finished():
+            touched[seq.request_id] = self._requests[seq.request_id]
+        return [self._make_output(request) for request in touched.values()]
+
+    def _record_sample(
+        self, request: _Request, seq: Sequence, result: SampleResult, now: float
+    ) -> None:
+        self.num_generation_tokens += 1
+        metrics = request.metrics
+        if metrics.first_token_time is None:
+            metrics.first_token_time = now
+        metrics.last_token_time = now
+        branch = [s.seq_id for s in request.seqs].index(seq.seq_id)
+        request.cumulative_logprobs[branch] += result.logprob
+        if request.params.logprobs is not None:
+            request.logprobs[branch].append(self._logprobs_entry(result))
+
+    def _logprobs_entry(self, result: SampleResult) -> dict[int, Logprob]:
+        top = result.top_logprobs or []
+        rank = getattr(result, "rank", None)
+        if rank is None:
+            rank = next((i + 1 for i, (t, _) in enumerate(top) if t == result.token_id), None)
+        entry = {result.token_id: self._logprob(result.token_id, result.logprob, rank)}
+        for i, (token_id, logprob) in enumerate(top):
+            entry.setdefault(token_id, self._logprob(token_id, logprob, i + 1))
+        return entry
+
+    def _logprob(self, token_id: int, logprob: float, rank: int | None) -> Logprob:
+        return Logprob(logprob, rank, decode_token(self.tokenizer, token_id))
+
+    def _make_output(self, request: _Request) -> RequestOutput:
+        finished = all(seq.is_finished for seq in request.seqs)
+        outputs = [self._completion(request, i, finished) for i in range(len(request.seqs))]
+        prompt = request.prompt
+        if finished:
+            request.metrics.finished_time = time.time()
+            self._release(request)
+        return RequestOutput(
+            request_id=request.request_id,
+            prompt=prompt.text,
+            prompt_token_ids=None if prompt.is_pure_embeds else list(prompt.token_ids),
+            outputs=outputs,
+            finished=finished,
+            metrics=request.metrics,
+            num_prompt_tokens=prompt.num_tokens,
+            num_cached_tokens=request.seqs[0].num_cached_tokens,
+        )
+
+    def _completion(self, request: _Request, branch: int, finished: bool) -> CompletionOutput:
+        seq = request.seqs[branch]
+        detokenizer = self.scheduler.detokenizers[seq.seq_id]
+        wants_logprobs = request.params.logprobs is not None
+        return CompletionOutput(
+            index=branch,
+            text=detokenizer.get_text(seq.is_finished),
+            token_ids=list(seq.output_token_ids),
+            cumulative_logprob=request.cumulative_logprobs[branch] if wants_logprobs else None,
+            logprobs=list(request.logprobs[branch]) if wants_logprobs else None,
+            finish_reason=self.scheduler.finish_reason(seq),
+            stop_reason=self.scheduler.stop_reasons.get(seq.seq_id),
+        )
+
+    def _release(self, request: _Request) -> None:
+        for seq in request.seqs:
+            self.scheduler.forget(seq)
+        del self._requests[request.request_id]
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "num_running": self.scheduler.num_running,
+            "num_waiting": self.scheduler.num_waiting,
+            "num_requests": len(self._requests),
+            "num_free_blocks": self.block_manager.num_free_blocks,
+            "num_total_blocks": self.block_manager.num_total_blocks,
+            "prefix_cache_hits": self.block_manager.prefix_cache_hits,
+            "prefix_cache_queries": self.block_manager.prefix_cache_queries,
+            "num_preemptions": self.scheduler.num_preemptions,
+            "num_steps": self.num_steps,
+            "num_scheduled_tokens": self.num_scheduled_tokens,
+            "num_generation_tokens": self.num_generation_tokens,
+        }
+
+
+def _check_supported(params: SamplingParams) -> None:
+    if params.prompt_logprobs is not None:
+        raise InvalidRequestError(
+            "prompt_logprobs is not supported by this engine yet.",
+            code="unsupported_parameter",
+            param="prompt_logprobs",
+        )
+    if params.best_of not in (None, params.n):
+        raise InvalidRequestError(
+            "best_of is not supported (it must equal n when given).",
+            code="unsupported_parameter",
+            param="best_of",
+        )
+
+
+def load_tokenizer(config: EngineConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(config.tokenizer or config.model)
+
+
+def eos_token_ids(config: EngineConfig, hf_config: Any, tokenizer: Any) -> set[int]:
+    """EOS ids from the tokenizer and the model's generation config (there may be several)."""
+    ids: set[int] = set()
+    candidates: list[Any] = [getattr(tokenizer, "eos_token_id", None)]
+    try:
+        from transformers import GenerationConfig
+
+        candidates.append(GenerationConfig.from_pretrained(config.model).eos_token_id)
+    except OSError:
+        candidates.append(getattr(hf_config, "eos_token_id", None))
+    for candidate in candidates:
+        if isinstance(candidate, int):
+            ids.add(candidate)
+        elif isinstance(candidate, (list, tuple)):
+            ids.update(int(c) for c in candidate)
+    return ids

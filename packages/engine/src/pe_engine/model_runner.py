@@ -1,0 +1,326 @@
+"""ModelRunner: loads the model, owns the paged KV pool, runs one scheduled batch per call."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pe_engine.attention import AttentionMetadata, PrefillSpan, TorchAttentionBackend
+from pe_engine.config import DEFAULT_CPU_KV_CACHE_MEMORY, EngineConfig
+from pe_engine.models.loader import load_model
+from pe_engine.sampler import Sampler, SampleResult
+from pe_engine.sequence import Sequence
+
+__all__ = ["ModelRunner", "SampleResult"]
+
+_CUDA_KV_CACHE_FRACTION = 0.8  # of the memory still free after loading the weights
+
+
+@dataclass
+class _Batch:
+    """Host-built inputs of one step, already on the device."""
+
+    positions: torch.Tensor
+    input_ids: torch.Tensor | None
+    inputs_embeds: torch.Tensor | None
+    metadata: AttentionMetadata
+    sample_rows: torch.Tensor | None  # batch rows whose hidden state samples
+    sample_entries: list[int]  # index into `scheduled` of each sampled row
+    entry_rows: list[int]  # first batch row of each entry of `scheduled`
+
+
+class ModelRunner:
+    """Executes ``[(seq, num_new_tokens), ...]`` batches; never mutates the sequences."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        model_dir = Path(config.model)
+        if not (model_dir / "config.json").is_file():
+            raise FileNotFoundError(
+                f"Model directory {model_dir} has no config.json (use 'demo' for the demo model)."
+            )
+        self.config = config
+        self.device = torch.device(config.device_name)
+        _configure_threads(self.device)
+        self.hf_config = config.hf_config
+        self.dtype = config.torch_dtype
+        self.block_size = config.block_size
+        self.max_model_len = _max_model_len(config, self.hf_config)
+        self.backend = TorchAttentionBackend()
+        self.model = load_model(
+            model_dir,
+            self.hf_config,
+            dtype=self.dtype,
+            device=self.device,
+            backend=self.backend,
+            max_positions=self.max_model_len,
+        )
+        args = self.model.args
+        self.hidden_size = args.hidden_size
+        self.vocab_size = args.vocab_size
+        self.num_kv_blocks = self._num_kv_blocks()
+        self.kv_cache = self._allocate_kv_cache()
+        self.sampler = Sampler(
+            _eos_token_ids(model_dir, self.hf_config), seed=config.seed, device=self.device
+        )
+
+    # ---- KV pool ------------------------------------------------------------------------------
+
+    @property
+    def bytes_per_block(self) -> int:
+        a = self.model.args
+        elements = 2 * a.num_layers * self.block_size * a.num_kv_heads * a.head_dim
+        return elements * torch.empty(0, dtype=self.dtype).element_size()
+
+    def _num_kv_blocks(self) -> int:
+        if self.config.num_kv_blocks is not None:
+            return self.config.num_kv_blocks
+        memory = self.config.kv_cache_memory
+        if memory is None and self.device.type == "cuda":
+            memory = int(torch.cuda.mem_get_info(self.device)[0] * _CUDA_KV_CACHE_FRACTION)
+        memory = memory or DEFAULT_CPU_KV_CACHE_MEMORY
+        num_blocks = memory // self.bytes_per_block
+        if num_blocks < 1:
+            raise ValueError(
+                f"kv_cache_memory={memory} bytes holds no KV block "
+                f"({self.bytes_per_block} bytes each); raise it."
+            )
+        return num_blocks
+
+    def _allocate_kv_cache(self) -> torch.Tensor:
+        a = self.model.args
+        shape = (a.num_layers, 2, a.num_kv_heads, self.num_kv_blocks, self.block_size, a.head_dim)
+        # Attention reads written slots only (decode padding re-reads a sequence's last slot),
+        # so the pool needs no zero fill, which would commit all its pages up front.
+        kv_cache = torch.empty(shape, dtype=self.dtype, device=self.device)
+        for layer, layer_cache in zip(self.model.layers, kv_cache, strict=True):
+            layer.self_attn.kv_cache = layer_cache
+        return kv_cache
+
+    # ---- execution ----------------------------------------------------------------------------
+
+    def embed_tokens(self, token_ids: list[int]) -> torch.Tensor:
+        """The model's input embeddings of ``token_ids`` ([len, hidden], model dtype, CPU)."""
+        with torch.inference_mode():
+            ids = self._to_device(token_ids, torch.long)
+            return self.model.embed_tokens(ids).cpu()
+
+    @torch.inference_mode()
+    def execute(self, scheduled: list[tuple[Sequence, int]]) -> list[SampleResult | None]:
+        """Compute positions [num_computed, num_computed + n) of each sequence, write their KV,
+        and sample a token for every sequence whose chunk reaches its last position."""
+        results: list[SampleResult | None] = [None] * len(scheduled)
+        if not scheduled:
+            return results
+        batch = self._prepare(scheduled)
+        hidden = self.model(
+            batch.positions,
+            batch.metadata,
+            input_ids=batch.input_ids,
+            inputs_embeds=batch.inputs_embeds,
+        )
+        if batch.sample_rows is None:
+            return results
+        logits = self.model.compute_logits(hidden[batch.sample_rows])
+        sampled = self.sampler(logits, [scheduled[i][0] for i in batch.sample_entries])
+        for entry, result in zip(batch.sample_entries, sampled, strict=True):
+            results[entry] = result
+        return results
+
+    @torch.inference_mode()
+    def execute_logits(self, scheduled: list[tuple[Sequence, int]]) -> list[torch.Tensor]:
+        """Like :meth:`execute` (KV written the same way) but returns, per entry, the float32
+        logits ``[n, vocab]`` of every computed position instead of sampling."""
+        if not scheduled:
+            return []
+        batch = self._prepare(scheduled)
+        hidden = self.model(
+            batch.positions,
+            batch.metadata,
+            input_ids=batch.input_ids,
+            inputs_embeds=batch.inputs_embeds,
+        )
+        logits = self.model.compute_logits(hidden).cpu()
+        return [
+            logits[row : row + n] for row, (_, n) in zip(batch.entry_rows, scheduled, strict=True)
+        ]
+
+    def _to_device(self, data: list[Any], dtype: torch.dtype) -> torch.Tensor:
+        """The one host-to-device path for batch inputs."""
+        tensor = torch.tensor(data, dtype=dtype)
+        if self.device.type == "cpu":
+            return tensor
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
+    def _prepare(self, scheduled: list[tuple[Sequence, int]]) -> _Batch:
+        """Flatten the batch (decodes first, then prefill chunks) into lists, copy once each."""
+        bs = self.block_size
+        order = sorted(range(len(scheduled)), key=lambda i: scheduled[i][1] > 1)
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slot_mapping: list[int] = []
+        embed_rows: list[int] = []
+        embeds: list[torch.Tensor] = []
+        sample_rows: list[int] = []
+        sample_entries: list[int] = []
+        entry_rows = [0] * len(scheduled)
+        decode_tables: list[list[int]] = []
+        decode_lens: list[int] = []
+        spans: list[tuple[int, int, int, int, int]] = []  # start, n, computed, table start/end
+        prefill_tables: list[int] = []
+        for entry in order:
+            seq, n = scheduled[entry]
+            start, end, row = seq.num_computed_tokens, seq.num_computed_tokens + n, len(input_ids)
+            _check_schedulable(seq, n, bs)
+            entry_rows[entry] = row
+            input_ids.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            slot_mapping.extend(_slot_range(seq.block_table, start, end, bs))
+            if seq.prompt_embeds is not None and start < seq.num_prompt_tokens:
+                offsets, rows = seq.embeds_in_range(start, end)
+                if rows is not None:
+                    embed_rows.extend(row + o for o in offsets)
+                    embeds.append(rows)
+            if end == seq.num_tokens:
+                sample_rows.append(row + n - 1)
+                sample_entries.append(entry)
+            num_blocks = -(-end // bs)
+            if n == 1:
+                decode_tables.append(seq.block_table[:num_blocks])
+                decode_lens.append(end)
+            else:
+                table_start = len(prefill_tables)
+                if start > 0:
+                    prefill_tables.extend(seq.block_table[:num_blocks])
+                spans.append((row, n, start, table_start, len(prefill_tables)))
+        metadata = self._metadata(slot_mapping, decode_tables, decode_lens, spans, prefill_tables)
+        ids_tensor, embeds_tensor = self._splice(input_ids, embed_rows, embeds)
+        return _Batch(
+            positions=self._to_device(positions, torch.long),
+            input_ids=ids_tensor,
+            inputs_embeds=embeds_tensor,
+            metadata=metadata,
+            sample_rows=self._to_device(sample_rows, torch.long) if sample_rows else None,
+            sample_entries=sample_entries,
+            entry_rows=entry_rows,
+        )
+
+    def _metadata(
+        self,
+        slot_mapping: list[int],
+        decode_tables: list[list[int]],
+        decode_lens: list[int],
+        spans: list[tuple[int, int, int, int, int]],
+        prefill_tables: list[int],
+    ) -> AttentionMetadata:
+        num_decode = len(decode_lens)
+        tables = lens = None
+        if num_decode:
+            width = max(len(t) for t in decode_tables)
+            padded = [t + [0] * (width - len(t)) for t in decode_tables]
+            tables = self._to_device(padded, torch.long)
+            lens = self._to_device(decode_lens, torch.long)
+        flat_tables = self._to_device(prefill_tables, torch.long)
+        prefills = [
+            PrefillSpan(row, n, computed, flat_tables[t0:t1]) for row, n, computed, t0, t1 in spans
+        ]
+        metadata = AttentionMetadata(
+            block_size=self.block_size,
+            slot_mapping=self._to_device(slot_mapping, torch.long),
+            num_decode_tokens=num_decode,
+            decode_block_tables=tables,
+            decode_context_lens=lens,
+            decode_max_context_len=max(decode_lens, default=0),
+            prefills=prefills,
+        )
+        self.backend.prepare(metadata)
+        return metadata
+
+    def _splice(
+        self, input_ids: list[int], embed_rows: list[int], embeds: list[torch.Tensor]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Token ids alone, or (for chunks holding embed positions) the spliced embeddings:
+        ``embed_tokens`` on token rows only (placeholders never looked up), user rows elsewhere."""
+        if not embed_rows:
+            return self._to_device(input_ids, torch.long), None
+        is_embed = bytearray(len(input_ids))
+        for row in embed_rows:
+            is_embed[row] = 1
+        token_rows = [i for i, flag in enumerate(is_embed) if not flag]
+        inputs_embeds = torch.empty(
+            len(input_ids), self.hidden_size, dtype=self.dtype, device=self.device
+        )
+        if token_rows:
+            ids = self._to_device([input_ids[i] for i in token_rows], torch.long)
+            inputs_embeds[self._to_device(token_rows, torch.long)] = self.model.embed_tokens(ids)
+        user_rows = torch.cat(embeds).to(self.device, self.dtype, non_blocking=True)
+        inputs_embeds[self._to_device(embed_rows, torch.long)] = user_rows
+        return None, inputs_embeds
+
+
+def _check_schedulable(seq: Sequence, n: int, block_size: int) -> None:
+    end = seq.num_computed_tokens + n
+    assert n >= 1 and end <= seq.num_tokens, f"bad chunk {n} for {seq}"
+    assert len(seq.block_table) * block_size >= end, f"block table too short for {seq}"
+
+
+def _slot_range(block_table: list[int], start: int, end: int, block_size: int) -> list[int]:
+    """Cache slots of positions [start, end), one block-sized range at a time."""
+    slots: list[int] = []
+    pos = start
+    while pos < end:
+        block, offset = divmod(pos, block_size)
+        stop = min(end - pos, block_size - offset)
+        base = block_table[block] * block_size + offset
+        slots.extend(range(base, base + stop))
+        pos += stop
+    return slots
+
+
+def _max_model_len(config: EngineConfig, hf_config: Any) -> int:
+    limit = int(getattr(hf_config, "max_position_embeddings", 0) or 0) or None
+    # Sliding-window attention is not implemented: stay within the window, where it is exact.
+    window = getattr(hf_config, "sliding_window", None)
+    if window and getattr(hf_config, "use_sliding_window", True):
+        limit = min(limit or window, window)
+    if config.max_model_len is None:
+        if limit is None:
+            raise ValueError(
+                "max_model_len is required: config.json has no max_position_embeddings."
+            )
+        return limit
+    if limit is not None and config.max_model_len > limit:
+        raise ValueError(
+            f"max_model_len={config.max_model_len} exceeds the model's limit of {limit} positions."
+        )
+    return config.max_model_len
+
+
+def _eos_token_ids(model_dir: Path, hf_config: Any) -> set[int]:
+    """EOS ids from generation_config.json and config.json (min_tokens masks them)."""
+    candidates: list[Any] = [getattr(hf_config, "eos_token_id", None)]
+    path = model_dir / "generation_config.json"
+    if path.is_file():
+        import json
+
+        with open(path, encoding="utf-8") as f:
+            candidates.append(json.load(f).get("eos_token_id"))
+    ids: set[int] = set()
+    for candidate in candidates:
+        if isinstance(candidate, int):
+            ids.add(candidate)
+        elif isinstance(candidate, list):
+            ids.update(int(c) for c in candidate)
+    return ids
+
+
+def _configure_threads(device: torch.device) -> None:
+    """Respect OMP_NUM_THREADS for the CPU kernels (torch may have been told otherwise)."""
+    if device.type != "cpu":
+        return
+    requested = os.environ.get("OMP_NUM_THREADS", "")
+    if requested.isdigit() and int(requested) > 0:
+        torch.set_num_threads(int(requested))

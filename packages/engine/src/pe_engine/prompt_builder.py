@@ -1,0 +1,270 @@
+"""Build validated :class:`Prompt` objects from text, token ids, embeddings or a mix of them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from pe_common.codec import EmbedsLimits, validate_prompt_embeds_tensor
+from pe_common.errors import InvalidRequestError, PEValidationError, PromptEmbedsError
+from pe_engine.prompt import Prompt
+
+PLACEHOLDER_TOKEN_ID = 0
+ENABLE_FLAG_MESSAGE = "You must set `--enable-prompt-embeds` to input `prompt_embeds`"
+
+
+def embeds_disabled_error(*, period: bool = True) -> PromptEmbedsError:
+    """vLLM's wording (the chat variant has no final period)."""
+    return PromptEmbedsError(
+        ENABLE_FLAG_MESSAGE + ("." if period else ""), code="prompt_embeds_disabled"
+    )
+
+
+def build_text_prompt(tokenizer: Any, text: str, *, add_special_tokens: bool = True) -> Prompt:
+    """Tokenize ``text`` the way vLLM does (special tokens added per the tokenizer's config)."""
+    if not isinstance(text, str):
+        raise InvalidRequestError("prompt must be a string.", code="invalid_prompt", param="prompt")
+    ids = tokenizer.encode(text, add_special_tokens=add_special_tokens)
+    return Prompt(token_ids=list(ids), prompt_embeds=None, is_token_ids=None, text=text)
+
+
+def build_token_prompt(token_ids: Sequence[int], *, vocab_size: int | None = None) -> Prompt:
+    ids = check_token_ids(token_ids, vocab_size, param="prompt_token_ids")
+    return Prompt(token_ids=ids, prompt_embeds=None, is_token_ids=None, text=None)
+
+
+def build_embeds_prompt(
+    prompt_embeds: torch.Tensor,
+    *,
+    hidden_size: int | None = None,
+    dtype: torch.dtype | None = None,
+    limits: EmbedsLimits | None = None,
+) -> Prompt:
+    """A pure-embeds prompt; validated through pe_common's codec when the model is given."""
+    if hidden_size is not None and dtype is not None:
+        prompt_embeds = _validate_embeds(prompt_embeds, hidden_size, dtype, limits)
+    num_rows = int(prompt_embeds.shape[0])
+    return Prompt(
+        token_ids=[PLACEHOLDER_TOKEN_ID] * num_rows,
+        prompt_embeds=prompt_embeds,
+        is_token_ids=[False] * num_rows,
+        text=None,
+    )
+
+
+def build_mixed_prompt(
+    token_ids: Sequence[int],
+    prompt_embeds: torch.Tensor,
+    is_token_ids: Sequence[bool],
+    *,
+    hidden_size: int,
+    dtype: torch.dtype,
+    vocab_size: int | None = None,
+    limits: EmbedsLimits | None = None,
+) -> Prompt:
+    """Mixed ids + embeds in vLLM's form (all T rows) or the compact one (only the E embed rows).
+
+    ``is_token_ids[i]`` is True where ``token_ids[i]`` is a real id, False where the row comes
+    from ``prompt_embeds``. The result always holds only the E embed rows.
+    """
+    mask = _check_mask(is_token_ids, len(token_ids))
+    embeds = _validate_embeds(prompt_embeds, hidden_size, dtype, limits)
+    num_embeds = mask.count(False)
+    if embeds.shape[0] == len(mask) and num_embeds != len(mask):
+        embeds = embeds[torch.tensor([not m for m in mask])].contiguous()
+    elif embeds.shape[0] != num_embeds:
+        raise PromptEmbedsError(
+            f"prompt_embeds has {embeds.shape[0]} rows; expected {num_embeds} (one per False "
+            f"entry of is_token_ids) or {len(mask)} (one per prompt position).",
+            code="size_mismatch",
+        )
+    real_ids = [t for t, m in zip(token_ids, mask, strict=True) if m]
+    check_token_ids(real_ids, vocab_size, param="prompt_token_ids", allow_empty=True)
+    ids = [int(t) if m else PLACEHOLDER_TOKEN_ID for t, m in zip(token_ids, mask, strict=True)]
+    if num_embeds == 0:
+        return Prompt(token_ids=ids, prompt_embeds=None, is_token_ids=None, text=None)
+    return Prompt(token_ids=ids, prompt_embeds=embeds, is_token_ids=mask, text=None)
+
+
+def check_token_ids(
+    token_ids: Sequence[int],
+    vocab_size: int | None,
+    *,
+    param: str = "prompt",
+    allow_empty: bool = False,
+) -> list[int]:
+    """Plain ints in ``[0, vocab_size)``; raises InvalidRequestError naming ``param``."""
+    if isinstance(token_ids, (str, bytes)) or not isinstance(token_ids, Sequence):
+        raise InvalidRequestError(
+            "Token ids must be a list of integers.", code="invalid_token_ids", param=param
+        )
+    ids = list(token_ids)
+    if not ids and not allow_empty:
+        raise InvalidRequestError(
+            "The decoder prompt cannot be empty", code="empty_prompt", param=param
+        )
+    for tid in ids:
+        if isinstance(tid, bool) or not isinstance(tid, int):
+            raise InvalidRequestError(
+                "Token ids must be a list of integers.", code="invalid_token_ids", param=param
+            )
+        if tid < 0 or (vocab_size is not None and tid >= vocab_size):
+            raise InvalidRequestError(
+                f"Token id {tid} is out of vocabulary (vocabulary size {vocab_size}).",
+                code="invalid_token_id",
+                param=param,
+            )
+    return ids
+
+
+def check_prompt_length(num_tokens: int, max_model_len: int, *, param: str = "prompt") -> None:
+    """A prompt must leave room for at least one output token (vLLM's rule and wording)."""
+    if num_tokens == 0:
+        raise InvalidRequestError(
+            "The decoder prompt cannot be empty", code="empty_prompt", param=param
+        )
+    if num_tokens >= max_model_len:
+        raise InvalidRequestError(
+            f"This model's maximum context length is {max_model_len} tokens. However, your "
+            f"prompt contains {num_tokens} input tokens, which leaves no room for the requested "
+            "output tokens (at least 1). Please reduce the length of the prompt.",
+            code="context_length_exceeded",
+            param=param,
+        )
+
+
+def _validate_embeds(
+    t: Any, hidden_size: int, dtype: torch.dtype, limits: EmbedsLimits | None
+) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise PromptEmbedsError(
+            "`prompt_embeds` must be a torch.Tensor.", code="unsupported_tensor_kind"
+        )
+    return validate_prompt_embeds_tensor(
+        t, hidden_size=hidden_size, dtype=dtype, limits=limits or EmbedsLimits()
+    )
+
+
+def _check_mask(is_token_ids: Any, length: int) -> list[bool]:
+    if isinstance(is_token_ids, torch.Tensor):
+        is_token_ids = is_token_ids.tolist()
+    if not isinstance(is_token_ids, Sequence) or any(not isinstance(m, bool) for m in is_token_ids):
+        raise InvalidRequestError(
+            "is_token_ids must be a list of booleans.", code="invalid_mask", param="is_token_ids"
+        )
+    if len(is_token_ids) != length:
+        raise InvalidRequestError(
+            f"is_token_ids must have the same length as prompt_token_ids (expected {length}, "
+            f"got {len(is_token_ids)}).",
+            code="size_mismatch",
+            param="is_token_ids",
+        )
+    return list(is_token_ids)
+
+
+@dataclass(frozen=True)
+class PromptBuilder:
+    """Turns the offline API's prompt forms into validated prompts for one model."""
+
+    tokenizer: Any
+    hidden_size: int
+    dtype: torch.dtype
+    vocab_size: int
+    max_model_len: int
+    enable_prompt_embeds: bool = False
+    limits: EmbedsLimits = field(default_factory=EmbedsLimits)
+
+    def build(self, prompt: str | Mapping[str, Any] | Prompt) -> Prompt:
+        """Accepts a str, ``{"prompt"}``, ``{"prompt_token_ids"}``, ``{"prompt_embeds"}``,
+        mixed ``{"prompt_token_ids", "prompt_embeds", "is_token_ids" | "prompt_is_token_ids"}``
+        or a ready :class:`Prompt`."""
+        built = self._build(prompt)
+        self.validate(built)
+        return built
+
+    def _build(self, prompt: Any) -> Prompt:
+        if isinstance(prompt, Prompt):
+            return prompt
+        if isinstance(prompt, str):
+            return build_text_prompt(self.tokenizer, prompt)
+        if not isinstance(prompt, Mapping):
+            raise InvalidRequestError(
+                "A prompt must be a str or a dict with 'prompt', 'prompt_token_ids' or "
+                "'prompt_embeds'.",
+                code="invalid_prompt",
+                param="prompt",
+            )
+        if prompt.get("prompt_embeds") is not None:
+            return self._build_embeds(prompt)
+        if prompt.get("prompt_token_ids") is not None:
+            return build_token_prompt(prompt["prompt_token_ids"], vocab_size=self.vocab_size)
+        if isinstance(prompt.get("prompt"), str):
+            return build_text_prompt(self.tokenizer, prompt["prompt"])
+        raise InvalidRequestError(
+            "A prompt dict needs 'prompt', 'prompt_token_ids' or 'prompt_embeds'.",
+            code="invalid_prompt",
+            param="prompt",
+        )
+
+    def _build_embeds(self, prompt: Mapping[str, Any]) -> Prompt:
+        if not self.enable_prompt_embeds:
+            raise embeds_disabled_error()
+        mask = prompt.get("is_token_ids", prompt.get("prompt_is_token_ids"))
+        token_ids = prompt.get("prompt_token_ids")
+        if token_ids is None and mask is None:
+            return build_embeds_prompt(
+                prompt["prompt_embeds"],
+                hidden_size=self.hidden_size,
+                dtype=self.dtype,
+                limits=self.limits,
+            )
+        if token_ids is None or mask is None:
+            raise InvalidRequestError(
+                "Mixed prompts need both prompt_token_ids and is_token_ids.",
+                code="invalid_prompt",
+                param="is_token_ids" if mask is None else "prompt_token_ids",
+            )
+        return build_mixed_prompt(
+            token_ids,
+            prompt["prompt_embeds"],
+            mask,
+            hidden_size=self.hidden_size,
+            dtype=self.dtype,
+            vocab_size=self.vocab_size,
+            limits=self.limits,
+        )
+
+    def validate(self, prompt: Prompt) -> None:
+        """Checks every prompt must pass before it reaches the engine, whatever built it."""
+        if not isinstance(prompt, Prompt):
+            raise InvalidRequestError("expected a Prompt.", code="invalid_prompt", param="prompt")
+        param = "prompt_embeds" if prompt.prompt_embeds is not None else "prompt"
+        check_prompt_length(prompt.num_tokens, self.max_model_len, param=param)
+        real_ids = prompt.token_ids
+        if prompt.is_token_ids is not None:
+            real_ids = [t for t, m in zip(prompt.token_ids, prompt.is_token_ids, strict=True) if m]
+        check_token_ids(real_ids, self.vocab_size, param="prompt", allow_empty=True)
+        try:
+            prompt.validate()
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc), code="invalid_prompt", param=param) from None
+        if prompt.prompt_embeds is None:
+            return
+        if not self.enable_prompt_embeds:
+            raise embeds_disabled_error()
+        embeds = prompt.prompt_embeds
+        if embeds.dim() != 2 or embeds.shape[1] != self.hidden_size:
+            raise PromptEmbedsError(
+                f"`prompt_embeds` hidden_size {embeds.shape[-1]} does not match the model's "
+                f"hidden_size {self.hidden_size}.",
+                code="hidden_size_mismatch",
+            )
+        if embeds.dtype != self.dtype:
+            raise PEValidationError(
+                f"`prompt_embeds` must be in the model dtype {self.dtype}.",
+                code="unsupported_dtype",
+                param="prompt_embeds",
+            )
