@@ -1,0 +1,129 @@
+"""The default backend: pe-engine's AsyncEngine in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pe_common.errors import PEValidationError
+from pe_server.backends.base import BackendStats, EngineDeadError, ModelInfo
+from pe_server.config import ServerConfig
+
+if TYPE_CHECKING:
+    from pe_engine.outputs import RequestOutput
+    from pe_engine.prompt import Prompt
+    from pe_engine.sampling_params import SamplingParams
+
+log = logging.getLogger("pe_server")
+
+
+class FaultAfterSteps:
+    """Test hook for the engine's ``fault_injector``: the step numbered ``num_steps`` raises."""
+
+    def __init__(self, num_steps: int) -> None:
+        self.num_steps = num_steps
+
+    def __call__(self, step: int) -> None:
+        if step >= self.num_steps:
+            raise RuntimeError(f"injected fault at engine step {step}")
+
+
+class NativeBackend:
+    """:class:`~pe_server.backends.base.Backend` on ``pe_engine.AsyncEngine``."""
+
+    name = "native"
+    supports_prompt_logprobs = False
+
+    def __init__(self, config: ServerConfig) -> None:
+        self._config = config
+        self.engine: Any = None
+        self.tokenizer: Any = None
+        self.chat_builder: Any = None
+        self.info = ModelInfo(hidden_size=0, max_model_len=0, dtype=torch.float32, vocab_size=0)
+
+    @property
+    def is_healthy(self) -> bool:
+        return self.engine is not None and bool(self.engine.is_healthy)
+
+    def engine_config(self) -> Any:
+        from pe_engine.config import EngineConfig
+        from pe_engine.demo_model import resolve_model
+
+        c = self._config
+        return EngineConfig(
+            model=str(resolve_model(c.model)),
+            tokenizer=c.tokenizer,
+            dtype=c.dtype,
+            device=c.device,
+            max_model_len=c.max_model_len,
+            max_num_seqs=c.max_num_seqs,
+            max_num_batched_tokens=c.max_num_batched_tokens,
+            block_size=c.block_size,
+            num_kv_blocks=c.num_kv_blocks,
+            kv_cache_memory=c.kv_cache_memory,
+            enable_prompt_embeds=c.enable_prompt_embeds,
+            enable_prefix_caching=c.enable_prefix_caching,
+            max_embeds_bytes=c.max_embeds_bytes,
+            seed=c.seed,
+        )
+
+    async def start(self) -> None:
+        from pe_engine.async_engine import AsyncEngine
+
+        config = await asyncio.to_thread(self.engine_config)
+        engine = await asyncio.to_thread(AsyncEngine, config)
+        if self._config.test_fault_after_steps is not None:
+            log.warning(
+                "TEST HOOK: engine fails after %d steps", self._config.test_fault_after_steps
+            )
+            engine.fault_injector = FaultAfterSteps(self._config.test_fault_after_steps)
+        engine.start()
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.chat_builder = engine.chat_builder
+        self.info = ModelInfo(
+            hidden_size=int(engine.hidden_size),
+            max_model_len=int(engine.max_model_len),
+            dtype=engine.dtype,
+            vocab_size=int(engine.vocab_size),
+        )
+
+    async def shutdown(self) -> None:
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.shutdown)
+
+    async def generate(
+        self, prompt: Prompt, params: SamplingParams, request_id: str
+    ) -> AsyncIterator[RequestOutput]:
+        if not self.is_healthy:
+            raise EngineDeadError("engine not running")
+        try:
+            async for output in self.engine.generate(prompt, params, request_id):
+                yield output
+        except (PEValidationError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            if not self.is_healthy:
+                raise EngineDeadError("engine failed") from exc
+            raise
+
+    async def abort(self, request_id: str) -> None:
+        if self.engine is not None:
+            self.engine.abort(request_id)
+
+    def stats(self) -> BackendStats:
+        if self.engine is None:
+            return BackendStats()
+        s = self.engine.stats()
+        return BackendStats(
+            num_running=s["num_running"],
+            num_waiting=s["num_waiting"],
+            num_free_blocks=s["num_free_blocks"],
+            num_total_blocks=s["num_total_blocks"],
+            prefix_cache_hits=s["prefix_cache_hits"],
+            prefix_cache_queries=s["prefix_cache_queries"],
+        )

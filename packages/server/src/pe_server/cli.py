@@ -1,0 +1,131 @@
+"""``pe-server serve MODEL [flags]`` (also ``python -m pe_server``).
+
+Flags keep vLLM's names where vLLM has them; every flag can also come from ``PE_<NAME>``
+(e.g. ``PE_API_KEY``, ``PE_MAX_MODEL_LEN``), and a flag given on the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from pe_server.backends import BackendUnavailableError, check_available
+from pe_server.config import ServerConfig
+
+EPILOG = "Every flag can also be set as an environment variable PE_<FLAG> (e.g. PE_API_KEY)."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pe-server", description="OpenAI-compatible server for prompt embeddings."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve", help="serve a model", description=__doc__.splitlines()[0], epilog=EPILOG
+    )
+    serve.add_argument("model", help='Hugging Face model directory, or "demo"')
+    add_serve_flags(serve)
+    return parser
+
+
+def add_serve_flags(p: argparse.ArgumentParser) -> None:
+    # Every default is None so that the environment (then ServerConfig) supplies it.
+    net = p.add_argument_group("network and security")
+    net.add_argument("--host", help="bind address (default 127.0.0.1)")
+    net.add_argument("--port", type=int, help="port (default 8000; 0 = any free port)")
+    net.add_argument("--api-key", action="append", help="accepted API key (repeatable)")
+    net.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback bind without an API key",
+    )
+    model = p.add_argument_group("model and engine")
+    model.add_argument("--served-model-name", nargs="+", help="name(s) clients use in `model`")
+    model.add_argument(
+        "--backend", choices=("native", "transformers", "vllm"), help="inference backend"
+    )
+    model.add_argument(
+        "--enable-prompt-embeds",
+        action="store_true",
+        default=None,
+        help="accept prompt_embeds in requests",
+    )
+    model.add_argument("--tokenizer")
+    model.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"))
+    model.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    model.add_argument("--max-model-len", type=int)
+    model.add_argument("--max-num-seqs", type=int)
+    model.add_argument("--max-num-batched-tokens", type=int)
+    model.add_argument("--block-size", type=int)
+    model.add_argument("--kv-cache-memory", help="KV-cache bytes (e.g. 1GiB)")
+    model.add_argument("--num-kv-blocks", type=int, help="exact KV-cache block count")
+    model.add_argument(
+        "--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None
+    )
+    model.add_argument("--seed", type=int)
+    limits = p.add_argument_group("request limits")
+    limits.add_argument(
+        "--max-embeds-bytes", help="decoded prompt-embeds bytes per request (e.g. 256MiB)"
+    )
+    limits.add_argument("--max-concurrent-requests", type=int)
+    limits.add_argument("--max-bytes-in-flight", help="admission budget (e.g. 4GiB)")
+    limits.add_argument("--max-prompts", type=int, help="prompts per completions request")
+    limits.add_argument("--max-content-parts", type=int, help="content parts per chat request")
+    limits.add_argument("--max-n", type=int)
+    limits.add_argument("--max-logprobs", type=int)
+    timing = p.add_argument_group("timeouts")
+    timing.add_argument("--body-read-timeout", type=float, help="base seconds to read a body")
+    timing.add_argument(
+        "--stream-write-timeout", type=float, help="seconds a stream write may block"
+    )
+    timing.add_argument("--drain-timeout", type=float, help="seconds to drain on SIGTERM")
+    timing.add_argument("--keepalive-timeout", type=float)
+    timing.add_argument("--decode-threads", type=int, help="threads decoding tensors")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    values = {k: v for k, v in vars(args).items() if k != "command"}
+    return ServerConfig.from_sources(values, os.environ)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValidationError as exc:
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "config"
+            print(f"pe-server: {where}: {err['msg']}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level)
+    try:
+        check_available(config)
+        from pe_server.serve import serve  # heavy imports (torch) only once the flags are valid
+
+        return asyncio.run(serve(config))
+    except BackendUnavailableError as exc:
+        print(f"pe-server: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

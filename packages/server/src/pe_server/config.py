@@ -1,0 +1,155 @@
+"""ServerConfig: every server setting, validated once and frozen.
+
+Values come from CLI flags (vLLM's names where vLLM has the flag) and ``PE_<FIELD>`` environment
+variables; a flag given on the command line wins over the environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+MiB = 2**20
+GiB = 2**30
+ENV_PREFIX = "PE_"
+# Fields whose environment value is a comma-separated list.
+LIST_FIELDS = ("api_key", "served_model_name")
+# Request bodies other than the generation routes (tokenize, detokenize) stay small.
+SMALL_BODY_BYTES = 1 * MiB
+# JSON structure around the tensors of one request (messages, parameters, text prompts).
+BODY_SLACK_BYTES = 4 * MiB
+# Hard ceiling for one request body whatever --max-embeds-bytes says.
+MAX_BODY_BYTES_CAP = 2 * GiB
+# In-flight bytes reserved per body byte: the body, its parsed form, decoded tensors, copies.
+BYTES_IN_FLIGHT_FACTOR = 5
+
+Backend = Literal["native", "transformers", "vllm"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
+SIZE_FIELDS = ("kv_cache_memory", "max_embeds_bytes", "max_bytes_in_flight")
+
+
+def parse_size(value: Any) -> Any:
+    """``"256MiB"``, ``"1G"``, ``"4096"`` -> bytes; other values pass through to validation."""
+    if not isinstance(value, str):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]i?)?[bB]?\s*", value)
+    if match is None:
+        return value
+    unit = (match.group(2) or "").lower()
+    return int(float(match.group(1)) * SIZE_UNITS[unit])
+
+
+class ServerConfig(BaseModel):
+    """pe-server settings (frozen). Sizes are bytes, durations seconds."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: tuple[SecretStr, ...] = ()
+    insecure: bool = False
+    served_model_name: tuple[str, ...] = ()
+    backend: Backend = "native"
+    enable_prompt_embeds: bool = False
+    # Engine settings (passed to EngineConfig).
+    tokenizer: str | None = None
+    dtype: DType = "auto"
+    device: Device = "auto"
+    max_model_len: int | None = Field(None, ge=1)
+    max_num_seqs: int = Field(64, ge=1)
+    max_num_batched_tokens: int = Field(2048, ge=1)
+    block_size: int = Field(16, ge=1)
+    kv_cache_memory: int | None = Field(None, ge=1)
+    num_kv_blocks: int | None = Field(None, ge=1)
+    enable_prefix_caching: bool = True
+    seed: int = 0
+    # Request limits.
+    max_embeds_bytes: int = Field(256 * MiB, ge=1)
+    max_concurrent_requests: int = Field(128, ge=1)
+    max_bytes_in_flight: int = Field(4 * GiB, ge=1)
+    max_prompts: int = Field(1024, ge=1)
+    max_content_parts: int = Field(256, ge=1)
+    max_n: int = Field(128, ge=1)
+    max_logprobs: int = Field(20, ge=0)
+    # Timeouts.
+    body_read_timeout: float = Field(10.0, gt=0)
+    stream_write_timeout: float = Field(30.0, gt=0)
+    drain_timeout: float = Field(30.0, ge=0)
+    keepalive_timeout: float = Field(30.0, gt=0)
+    retry_after: int = Field(1, ge=1)
+    decode_threads: int = Field(2, ge=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Test-only: the engine's forward pass raises after this many steps (fault injection).
+    test_fault_after_steps: int | None = Field(None, ge=0)
+
+    @field_validator(*SIZE_FIELDS, mode="before")
+    @classmethod
+    def _parse_size(cls, value: Any) -> Any:
+        return parse_size(value)
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _drop_empty_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, (list, tuple)):
+            return tuple(v for v in value if not isinstance(v, str) or v.strip())
+        return value
+
+    @field_validator("served_model_name", mode="before")
+    @classmethod
+    def _split_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _check_bind(self) -> ServerConfig:
+        if not self.is_loopback and not self.api_key and not self.insecure:
+            raise ValueError(
+                f"refusing to bind {self.host!r} (not a loopback address) without an API key: "
+                "pass --api-key (or PE_API_KEY), or --insecure to serve without one"
+            )
+        return self
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """Names clients may send in ``model``; the first is the one reported."""
+        return self.served_model_name or (self.model,)
+
+    @property
+    def max_body_bytes(self) -> int:
+        """client_max_size of the generation routes: base64 of the embeds budget plus slack."""
+        return min(math.ceil(self.max_embeds_bytes * 4 / 3) + BODY_SLACK_BYTES, MAX_BODY_BYTES_CAP)
+
+    @classmethod
+    def from_sources(
+        cls, cli_values: Mapping[str, Any], environ: Mapping[str, str]
+    ) -> ServerConfig:
+        """Build from environment variables overridden by the CLI values that were given."""
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            raw = environ.get(ENV_PREFIX + name.upper())
+            if raw is not None and raw != "":
+                values[name] = raw
+        values.update({k: v for k, v in cli_values.items() if v is not None})
+        return cls(**values)

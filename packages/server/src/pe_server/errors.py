@@ -1,0 +1,194 @@
+"""API errors and their OpenAI envelope: ``{"error": {"message", "type", "param", "code"}}``.
+
+Every error a client sees goes through :func:`error_response`; messages are fixed texts (or
+``PEValidationError.message``, which is fixed by construction), never exception text, reprs or
+paths. Status codes follow what the ``openai`` SDK maps to its exception classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from pe_common.errors import PEValidationError
+from pe_common.protocol import ErrorInfo, ErrorResponse, encode_json
+
+TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    408: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "internal_error",
+    503: "server_overloaded",
+}
+ENABLE_EMBEDS_MESSAGE = "You must set `--enable-prompt-embeds` to input `prompt_embeds`."
+# vLLM's chat path words it without the final period.
+ENABLE_EMBEDS_CHAT_MESSAGE = "You must set `--enable-prompt-embeds` to input `prompt_embeds`"
+
+
+class APIError(Exception):
+    """An error answered with the OpenAI envelope."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.headers = dict(headers or {})
+
+    @property
+    def type(self) -> str:
+        return TYPE_BY_STATUS.get(self.status, "internal_error")
+
+    @classmethod
+    def bad_request(cls, message: str, *, code: str, param: str | None = None) -> APIError:
+        return cls(400, message, code=code, param=param)
+
+    @classmethod
+    def from_validation(cls, exc: PEValidationError) -> APIError:
+        return cls(400, exc.message, code=exc.code, param=exc.param)
+
+    @classmethod
+    def embeds_disabled(cls, *, chat: bool = False) -> APIError:
+        message = ENABLE_EMBEDS_CHAT_MESSAGE if chat else ENABLE_EMBEDS_MESSAGE
+        return cls(400, message, code="prompt_embeds_disabled", param="prompt_embeds")
+
+    @classmethod
+    def unauthorized(cls) -> APIError:
+        return cls(
+            401,
+            "Missing or invalid API key.",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    @classmethod
+    def model_not_found(cls, model: str) -> APIError:
+        # Bounded echo of the caller's own (short) string, as vLLM and OpenAI do.
+        shown = model if len(model) <= 100 else model[:100] + "..."
+        return cls(
+            404, f"The model `{shown}` does not exist.", code="model_not_found", param="model"
+        )
+
+    @classmethod
+    def route_not_found(cls) -> APIError:
+        return cls(404, "Not found.", code="not_found")
+
+    @classmethod
+    def method_not_allowed(cls, allowed: set[str] | frozenset[str]) -> APIError:
+        return cls(
+            405,
+            "Method not allowed.",
+            code="method_not_allowed",
+            headers={"Allow": ", ".join(sorted(allowed))},
+        )
+
+    @classmethod
+    def request_too_large(cls, limit: int) -> APIError:
+        return cls(
+            413,
+            f"Request body too large: the limit for this route is {limit} bytes.",
+            code="request_too_large",
+        )
+
+    @classmethod
+    def request_timeout(cls) -> APIError:
+        return cls(408, "Request body was not received in time.", code="request_timeout")
+
+    @classmethod
+    def unsupported_media_type(cls) -> APIError:
+        return cls(
+            415,
+            "Content-Type must be application/json or application/msgpack.",
+            code="unsupported_media_type",
+        )
+
+    @classmethod
+    def unsupported_encoding(cls) -> APIError:
+        return cls(
+            415,
+            "Compressed request bodies are not accepted (Content-Encoding must be identity).",
+            code="unsupported_content_encoding",
+        )
+
+    @classmethod
+    def overloaded(cls, retry_after: int, *, code: str = "server_overloaded") -> APIError:
+        return cls(
+            503,
+            "The server is at capacity; retry later.",
+            code=code,
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    @classmethod
+    def draining(cls, retry_after: int) -> APIError:
+        return cls(
+            503,
+            "The server is shutting down; retry on another instance.",
+            code="server_draining",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    @classmethod
+    def engine_unavailable(cls, retry_after: int) -> APIError:
+        return cls(
+            503,
+            "The inference engine is not available.",
+            code="engine_unavailable",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    @classmethod
+    def internal(cls) -> APIError:
+        return cls(500, "The server failed to process the request.", code="internal_error")
+
+    @classmethod
+    def engine_failed(cls) -> APIError:
+        return cls(
+            500, "The inference engine failed while processing the request.", code="engine_error"
+        )
+
+    def to_struct(self) -> ErrorResponse:
+        return ErrorResponse(
+            error=ErrorInfo(message=self.message, type=self.type, param=self.param, code=self.code)
+        )
+
+    def to_bytes(self) -> bytes:
+        return encode_json(self.to_struct())
+
+
+def error_response(error: APIError) -> web.Response:
+    return web.Response(
+        status=error.status,
+        body=error.to_bytes(),
+        content_type="application/json",
+        headers=error.headers,
+    )
+
+
+def from_http_exception(exc: web.HTTPException) -> APIError:
+    """aiohttp's own HTTP exceptions (routing, body size) as API errors."""
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return APIError.method_not_allowed(exc.allowed_methods)
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return APIError(413, "Request body too large.", code="request_too_large")
+    if exc.status == 404:
+        return APIError.route_not_found()
+    if exc.status in TYPE_BY_STATUS and exc.status < 500:
+        return APIError(exc.status, exc.reason or "Bad request.", code="invalid_request")
+    return APIError.internal()

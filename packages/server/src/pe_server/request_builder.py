@@ -1,0 +1,247 @@
+"""Request -> engine prompts: embeds checks from declared sizes, decoding in a thread pool,
+text and token prompts, the chat template, and the context-length check."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pe_common.codec import EmbedsLimits, decode_prompt_embeds
+from pe_common.errors import PEValidationError
+from pe_server.errors import APIError
+from pe_server.state import ServerState
+
+if TYPE_CHECKING:
+    import torch
+    from pe_engine.prompt import Prompt
+
+T = TypeVar("T")
+ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
+EMBEDS_PARAM = "prompt_embeds"
+
+
+def context_error(max_model_len: int, num_prompt: int, max_tokens: int | None) -> APIError | None:
+    """vLLM's wording for a prompt (plus requested output) longer than the context."""
+    if num_prompt >= max_model_len:
+        return APIError.bad_request(
+            f"This model's maximum context length is {max_model_len} tokens. However, your "
+            f"prompt contains {num_prompt} input tokens, which exceeds this limit even without "
+            "any output tokens. Please reduce the length of the input prompt.",
+            code="context_length_exceeded",
+            param="input_tokens",
+        )
+    if max_tokens is not None and num_prompt + max_tokens > max_model_len:
+        return APIError.bad_request(
+            f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. This model's "
+            f"maximum context length is {max_model_len} tokens and your request has "
+            f"{num_prompt} input tokens ({max_tokens} > {max_model_len} - {num_prompt}).",
+            code="context_length_exceeded",
+            param="max_tokens",
+        )
+    return None
+
+
+def check_context(max_model_len: int, num_prompt: int, max_tokens: int | None) -> None:
+    error = context_error(max_model_len, num_prompt, max_tokens)
+    if error is not None:
+        raise error
+
+
+def budget_exceeded(budget: int) -> APIError:
+    return APIError.bad_request(
+        f"The prompt embeddings of this request exceed the decode budget of {budget} bytes.",
+        code="decode_budget_exceeded",
+        param=EMBEDS_PARAM,
+    )
+
+
+def payload_bytes(payload: Any) -> int:
+    """Bytes a payload will decode to at least, from its size or declared shape (no decoding)."""
+    if isinstance(payload, str):
+        return len(payload) * 3 // 4
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        return len(payload)
+    shape, dtype = declared_shape(payload), declared_field(payload, "dtype")
+    if shape is None or not isinstance(dtype, str) or dtype not in ITEMSIZE:
+        return 0  # the codec rejects it with the precise reason
+    total = ITEMSIZE[dtype]
+    for dim in shape:
+        total *= dim
+    return total
+
+
+def declared_field(payload: Any, name: str) -> Any:
+    if isinstance(payload, Mapping):
+        return payload.get(name)
+    return getattr(payload, name, None)
+
+
+def declared_shape(payload: Any) -> list[int] | None:
+    shape = declared_field(payload, "shape")
+    if not isinstance(shape, (list, tuple)) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        return None
+    return list(shape)
+
+
+def declared_rows(payload: Any) -> int | None:
+    """Rows of a raw payload from its declared shape ([T, H] or [1, T, H])."""
+    shape = declared_shape(payload)
+    if shape is None or len(shape) < 2:
+        return None
+    return shape[-2]
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    """How to render a chat (request fields of the same names)."""
+
+    chat_template: str | None = None
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, req: Any) -> ChatOptions:
+        return cls(
+            chat_template=req.chat_template,
+            add_generation_prompt=req.add_generation_prompt,
+            continue_final_message=req.continue_final_message,
+            chat_template_kwargs=req.chat_template_kwargs,
+        )
+
+
+class PromptBuilder:
+    """Builds engine prompts for one app; CPU-heavy steps run in the decode thread pool."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.config = state.config
+        self.backend = state.backend
+
+    @property
+    def info(self) -> Any:
+        return self.backend.info
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.state.decode_pool, fn, *args)
+
+    # ---- prompt embeds -------------------------------------------------------------------
+
+    def check_embeds_allowed(self, num_payloads: int, *, chat: bool = False) -> None:
+        """Before anything is decoded: the flag, then the count."""
+        if num_payloads and not self.config.enable_prompt_embeds:
+            raise APIError.embeds_disabled(chat=chat)
+
+    def precheck_embeds(self, payloads: Sequence[Any], max_tokens: int | None) -> None:
+        """Limits decided from payload sizes and declared shapes only."""
+        budget = self.config.max_embeds_bytes
+        if sum(payload_bytes(p) for p in payloads) > budget:
+            raise budget_exceeded(budget)
+        for payload in payloads:
+            rows = declared_rows(payload)
+            if rows is not None and rows > 0:
+                check_context(self.info.max_model_len, rows, max_tokens)
+
+    async def decode_embeds(self, payloads: Sequence[Any]) -> list[torch.Tensor]:
+        """Decode every payload in the thread pool; the request's bytes stay within budget."""
+        if not payloads:
+            return []
+        budget = self.config.max_embeds_bytes
+        limits = EmbedsLimits(max_bytes=budget)
+        start = time.perf_counter()
+        tensors = await asyncio.gather(*(self.run(self._decode_one, p, limits) for p in payloads))
+        self.state.metrics.embeds_decode.observe(time.perf_counter() - start)
+        total = sum(t.nbytes for t in tensors)
+        self.state.metrics.embeds_bytes.inc(total)
+        if total > budget:
+            raise budget_exceeded(budget)
+        return list(tensors)
+
+    def _decode_one(self, payload: Any, limits: EmbedsLimits) -> torch.Tensor:
+        return decode_prompt_embeds(
+            payload,
+            hidden_size=self.info.hidden_size,
+            dtype=self.info.dtype,
+            limits=limits,
+            param=EMBEDS_PARAM,
+        )
+
+    # ---- completions prompts -------------------------------------------------------------
+
+    async def embeds_prompts(self, tensors: Sequence[torch.Tensor]) -> list[Prompt]:
+        from pe_engine.prompt_builder import build_embeds_prompt
+
+        return [build_embeds_prompt(t) for t in tensors]
+
+    async def text_prompts(
+        self, prompts: Sequence[str | Sequence[int]], add_special_tokens: bool = True
+    ) -> list[Prompt]:
+        return await self.run(self._text_prompts, list(prompts), add_special_tokens)
+
+    def _text_prompts(
+        self, prompts: list[str | Sequence[int]], add_special_tokens: bool
+    ) -> list[Prompt]:
+        from pe_engine.prompt_builder import build_text_prompt, build_token_prompt
+
+        tokenizer = self.backend.tokenizer
+        built = []
+        for prompt in prompts:
+            if isinstance(prompt, str):
+                built.append(
+                    build_text_prompt(tokenizer, prompt, add_special_tokens=add_special_tokens)
+                )
+            else:
+                self.check_token_ids(prompt)
+                built.append(build_token_prompt(list(prompt)))
+        for p in built:
+            if p.num_tokens == 0:
+                raise APIError.bad_request(
+                    "The decoder prompt cannot be empty", code="empty_prompt", param="prompt"
+                )
+        return built
+
+    def check_token_ids(self, ids: Sequence[int], param: str = "prompt") -> None:
+        vocab = self.info.vocab_size
+        for tid in ids:
+            if not 0 <= tid < vocab:
+                raise APIError.bad_request(
+                    f"Token id {tid} is out of vocabulary (vocabulary size {vocab}).",
+                    code="invalid_token_id",
+                    param=param,
+                )
+
+    # ---- chat ----------------------------------------------------------------------------
+
+    async def chat_prompt(self, messages: list[dict[str, Any]], options: ChatOptions) -> Prompt:
+        return await self.run(self._chat_prompt, messages, options)
+
+    def _chat_prompt(self, messages: list[dict[str, Any]], options: ChatOptions) -> Prompt:
+        import jinja2
+
+        try:
+            prompt = self.backend.chat_builder.build(
+                messages,
+                chat_template=options.chat_template,
+                add_generation_prompt=options.add_generation_prompt,
+                continue_final_message=options.continue_final_message,
+                chat_template_kwargs=options.chat_template_kwargs,
+            )
+        except PEValidationError:
+            raise
+        except (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError):
+            raise APIError.bad_request(
+                "The chat template could not be applied to these messages.",
+                code="invalid_chat_template",
+                param="messages",
+            ) from None
+        if prompt.num_tokens == 0:
+            raise APIError.bad_request(
+                "The decoder prompt cannot be empty", code="empty_prompt", param="messages"
+            )
+        return prompt

@@ -1,0 +1,188 @@
+"""POST /v1/chat/completions: text and prompt_embeds content parts in any role and position."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from pe_common.protocol import (
+    ChatCompletionChoice,
+    ChatCompletionChunkChoice,
+    ChatCompletionMessage,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionStreamResponse,
+    DeltaMessage,
+    decode_chat_request,
+    encode_json,
+)
+from pe_server.errors import APIError
+from pe_server.generation import Generation
+from pe_server.logprobs import chat_logprobs
+from pe_server.negotiation import struct_response
+from pe_server.request_builder import ChatOptions, PromptBuilder, check_context
+from pe_server.routes.chat_messages import ChatInput, collect_chat_input
+from pe_server.routes.intake import check_model, decode_body
+from pe_server.routes.streaming import StreamSession
+from pe_server.routes.usage import make_usage
+from pe_server.sampling import build_sampling_params
+from pe_server.state import GENERATION, REQUEST_ID, STATE, ServerState
+
+if TYPE_CHECKING:
+    from pe_engine.outputs import CompletionOutput, RequestOutput
+    from pe_engine.prompt import Prompt
+    from pe_engine.sampling_params import SamplingParams
+
+routes = web.RouteTableDef()
+
+
+@dataclass
+class ChatJob:
+    req: ChatCompletionRequest
+    model: str
+    response_id: str
+    prompt: Prompt
+    params: SamplingParams
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+@routes.post("/v1/chat/completions")
+@GENERATION
+async def create_chat_completion(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    req = await decode_body(request, decode_chat_request)
+    job = await prepare(state, req, request[REQUEST_ID])
+    if req.stream:
+        return await stream_chat(request, state, job)
+    async with Generation(
+        state.backend, state.metrics, job.response_id, [job.prompt], job.params
+    ) as gen:
+        (final,) = await gen.final_outputs()
+    return struct_response(request, chat_response(state, job, final))
+
+
+def requested_logprobs(req: ChatCompletionRequest) -> int | None:
+    return (req.top_logprobs or 0) if req.logprobs else None
+
+
+async def prepare(state: ServerState, req: ChatCompletionRequest, request_id: str) -> ChatJob:
+    model = check_model(state, req.model)
+    builder = PromptBuilder(state)
+    chat: ChatInput = collect_chat_input(req.messages)
+    builder.check_embeds_allowed(len(chat.payloads), chat=True)
+    if state.config.enable_prompt_embeds:
+        chat.check_reserved_text()
+    if req.echo:
+        raise APIError.bad_request(
+            "echo is not supported for chat completions.", code="unsupported", param="echo"
+        )
+    max_tokens = req.effective_max_tokens
+    logprobs = requested_logprobs(req)
+    params = build_sampling_params(req, max_tokens=max_tokens, logprobs=logprobs)
+    builder.precheck_embeds(chat.payloads, max_tokens)
+    tensors = await builder.decode_embeds(chat.payloads)
+    prompt = await builder.chat_prompt(
+        chat.messages(tensors),
+        ChatOptions.of(req),
+    )
+    max_model_len = state.backend.info.max_model_len
+    check_context(max_model_len, prompt.num_tokens, max_tokens)
+    if max_tokens is None:
+        params = dataclasses.replace(params, max_tokens=max_model_len - prompt.num_tokens)
+    return ChatJob(req, model, f"chatcmpl-{request_id}", prompt, params)
+
+
+def chat_response(state: ServerState, job: ChatJob, final: RequestOutput) -> ChatCompletionResponse:
+    tokenizer = state.backend.tokenizer
+    choices = []
+    for out in final.outputs:
+        logprobs = None
+        if job.params.logprobs is not None and out.logprobs is not None:
+            logprobs = chat_logprobs(out.token_ids, out.logprobs, job.params.logprobs, tokenizer)
+        choices.append(
+            ChatCompletionChoice(
+                index=out.index,
+                message=ChatCompletionMessage(role="assistant", content=out.text),
+                logprobs=logprobs,
+                finish_reason=out.finish_reason,
+                stop_reason=out.stop_reason,
+                token_ids=list(out.token_ids) if job.req.return_token_ids else None,
+            )
+        )
+    return ChatCompletionResponse(
+        id=job.response_id,
+        created=job.created,
+        model=job.model,
+        choices=choices,
+        usage=make_usage([final]),
+        prompt_token_ids=prompt_ids(job) if job.req.return_token_ids else None,
+    )
+
+
+def prompt_ids(job: ChatJob) -> list[int] | None:
+    return None if job.prompt.is_pure_embeds else list(job.prompt.token_ids)
+
+
+async def stream_chat(request: web.Request, state: ServerState, job: ChatJob) -> web.StreamResponse:
+    session = StreamSession(request, state)
+    include_usage = bool(job.req.stream_options and job.req.stream_options.include_usage)
+    sent: dict[int, tuple[int, int]] = {}
+    async with session.generation(job.response_id, [job.prompt], job.params) as gen:
+        final = None
+        async for _, output in session.outputs(gen):
+            final = output
+            for out in output.outputs:
+                for chunk in chat_chunks(state, job, out, sent):
+                    await session.send(encode_json(chunk))
+        if session.is_ok and include_usage and final is not None:
+            await session.send(encode_json(make_chunk(job, [], usage=make_usage([final]))))
+    return await session.finish()
+
+
+def make_chunk(
+    job: ChatJob, choices: list[ChatCompletionChunkChoice], usage: Any = None
+) -> ChatCompletionStreamResponse:
+    return ChatCompletionStreamResponse(
+        id=job.response_id, created=job.created, model=job.model, choices=choices, usage=usage
+    )
+
+
+def chat_chunks(
+    state: ServerState, job: ChatJob, out: CompletionOutput, sent: dict[int, tuple[int, int]]
+) -> list[ChatCompletionStreamResponse]:
+    """The role chunk (first time), then the new content with its finish reason, if any."""
+    chunks = []
+    if out.index not in sent:
+        sent[out.index] = (0, 0)
+        role = DeltaMessage(role="assistant", content="")
+        chunks.append(make_chunk(job, [ChatCompletionChunkChoice(index=out.index, delta=role)]))
+    num_chars, num_tokens = sent[out.index]
+    if num_tokens < 0:
+        return chunks
+    delta = out.text[num_chars:]
+    finished = out.finish_reason is not None
+    if not delta and not finished:
+        return chunks
+    logprobs = None
+    if job.params.logprobs is not None and out.logprobs is not None:
+        logprobs = chat_logprobs(
+            out.token_ids[num_tokens:],
+            out.logprobs[num_tokens:],
+            job.params.logprobs,
+            state.backend.tokenizer,
+        )
+    sent[out.index] = (-1, -1) if finished else (len(out.text), len(out.token_ids))
+    choice = ChatCompletionChunkChoice(
+        index=out.index,
+        delta=DeltaMessage(content=delta) if delta else DeltaMessage(),
+        logprobs=logprobs,
+        finish_reason=out.finish_reason,
+        stop_reason=out.stop_reason,
+        token_ids=list(out.token_ids[num_tokens:]) if job.req.return_token_ids else None,
+    )
+    chunks.append(make_chunk(job, [choice]))
+    return chunks

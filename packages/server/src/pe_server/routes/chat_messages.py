@@ -1,0 +1,83 @@
+"""Chat messages -> the chat builder's input: text parts as they are, embeds parts as tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pe_common.protocol import ChatMessage, PromptEmbedsPart, TextPart
+from pe_server.errors import APIError
+
+if TYPE_CHECKING:
+    import torch
+
+PLACEHOLDER = "<prompt_embeds>"
+
+
+def reserved_placeholder_error() -> APIError:
+    return APIError.bad_request(
+        f"Text content may not contain the reserved placeholder '{PLACEHOLDER}'. This "
+        "placeholder is used internally to mark `prompt_embeds` splice positions in the "
+        "tokenized prompt.",
+        code="reserved_placeholder",
+        param="messages",
+    )
+
+
+@dataclass
+class ChatInput:
+    """The request's messages with the positions of their embeds parts."""
+
+    raw_messages: list[Any]
+    payloads: list[Any]
+    texts: list[str]
+
+    def check_reserved_text(self) -> None:
+        """With embeds enabled, text may not smuggle in splice markers."""
+        if any(PLACEHOLDER in text for text in self.texts):
+            raise reserved_placeholder_error()
+
+    def messages(self, tensors: list[torch.Tensor]) -> list[dict[str, Any]]:
+        """Builder input: every embeds part replaced by its decoded tensor, in order."""
+        assert len(tensors) == len(self.payloads)
+        remaining = iter(tensors)
+        built = []
+        for message in self.raw_messages:
+            entry: dict[str, Any] = {"role": message.role}
+            if getattr(message, "name", None) is not None:
+                entry["name"] = message.name
+            content = message.content
+            if isinstance(content, list):
+                content = [part_dict(part, remaining) for part in content]
+            entry["content"] = content
+            built.append(entry)
+        return built
+
+
+def part_dict(part: Any, tensors: Any) -> dict[str, Any]:
+    if isinstance(part, PromptEmbedsPart):
+        return {"type": "prompt_embeds", "data": next(tensors)}
+    return {"type": "text", "text": part.text}
+
+
+def collect_chat_input(messages: list[ChatMessage]) -> ChatInput:
+    """Gathers the embeds payloads (in message order) and the texts of the messages."""
+    payloads: list[Any] = []
+    texts: list[str] = []
+    for message in messages:
+        content = message.content
+        if isinstance(content, str):
+            texts.append(content)
+            continue
+        if content is not None and not content:
+            raise APIError.bad_request(
+                "Message content may not be an empty list of parts.",
+                code="empty_prompt",
+                param="messages",
+            )
+        for part in content or []:
+            if isinstance(part, PromptEmbedsPart):
+                payloads.append(part.payload)
+            elif isinstance(part, TextPart):
+                texts.append(part.text)
+    return ChatInput(list(messages), payloads, texts)

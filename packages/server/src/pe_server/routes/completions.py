@@ -1,0 +1,242 @@
+"""POST /v1/completions: text, token-id and prompt-embeds prompts (embeds first in choices)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from pe_common.protocol import (
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    CompletionStreamResponse,
+    decode_completion_request,
+    encode_json,
+)
+from pe_server.errors import APIError
+from pe_server.generation import Generation
+from pe_server.logprobs import completion_logprobs
+from pe_server.negotiation import struct_response
+from pe_server.request_builder import PromptBuilder, check_context
+from pe_server.routes.intake import check_model, decode_body
+from pe_server.routes.streaming import StreamSession
+from pe_server.routes.usage import make_usage
+from pe_server.sampling import build_sampling_params
+from pe_server.state import GENERATION, REQUEST_ID, STATE, ServerState
+
+if TYPE_CHECKING:
+    from pe_engine.outputs import CompletionOutput, RequestOutput
+    from pe_engine.prompt import Prompt
+    from pe_engine.sampling_params import SamplingParams
+
+routes = web.RouteTableDef()
+
+
+@dataclass
+class CompletionJob:
+    """A validated completions request, ready to run."""
+
+    req: CompletionRequest
+    model: str
+    response_id: str
+    prompts: list[Prompt]
+    params: SamplingParams  # n and logprobs are the same for every prompt
+    prompt_params: list[SamplingParams]  # max_tokens may depend on the prompt's length
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def choice_index(self, prompt_index: int, branch: int) -> int:
+        return prompt_index * self.params.n + branch
+
+
+@routes.post("/v1/completions")
+@GENERATION
+async def create_completion(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    req = await decode_body(request, decode_completion_request)
+    job = await prepare(state, req, request[REQUEST_ID])
+    if req.stream:
+        return await stream_completion(request, state, job)
+    async with Generation(
+        state.backend, state.metrics, job.response_id, job.prompts, job.prompt_params
+    ) as gen:
+        finals = await gen.final_outputs()
+    return struct_response(request, completion_response(state, job, finals))
+
+
+async def prepare(state: ServerState, req: CompletionRequest, request_id: str) -> CompletionJob:
+    model = check_model(state, req.model)
+    builder = PromptBuilder(state)
+    embeds = list(req.prompt_embeds or [])
+    builder.check_embeds_allowed(len(embeds))
+    texts = list(req.prompt or [])
+    check_unsupported(req, has_embeds=bool(embeds))
+    max_tokens = req.max_tokens  # None: up to the context length, as in vLLM
+    params = build_sampling_params(req, max_tokens=max_tokens, logprobs=req.logprobs)
+    builder.precheck_embeds(embeds, max_tokens)
+    tensors = await builder.decode_embeds(embeds)
+    text_prompts = await builder.text_prompts(texts, req.add_special_tokens)
+    prompts = await builder.embeds_prompts(tensors) + text_prompts
+    max_model_len = state.backend.info.max_model_len
+    prompt_params = []
+    for prompt in prompts:
+        check_context(max_model_len, prompt.num_tokens, max_tokens)
+        if max_tokens is None:
+            limit = max_model_len - prompt.num_tokens
+            prompt_params.append(dataclasses.replace(params, max_tokens=limit))
+        else:
+            prompt_params.append(params)
+    return CompletionJob(req, model, f"cmpl-{request_id}", prompts, params, prompt_params)
+
+
+def check_unsupported(req: CompletionRequest, *, has_embeds: bool) -> None:
+    """vLLM's refusals for embeds, and what this server does not do."""
+    if has_embeds and req.suffix is not None:
+        raise APIError.bad_request(
+            "suffix is not supported with prompt_embeds", code="unsupported", param="suffix"
+        )
+    if has_embeds and req.echo:
+        raise APIError.bad_request("Echo is unsupported with prompt embeds.", code="unsupported")
+    if has_embeds and req.prompt_logprobs is not None:
+        raise APIError.bad_request(
+            "prompt_logprobs is not compatible with prompt embeds.", code="unsupported"
+        )
+    if req.suffix is not None:
+        raise APIError.bad_request(
+            "suffix is not currently supported", code="unsupported", param="suffix"
+        )
+    if req.prompt_logprobs is not None or (req.echo and req.logprobs is not None):
+        raise APIError.bad_request(
+            "prompt_logprobs (and echo with logprobs) are not supported by this server yet.",
+            code="unsupported",
+            param="prompt_logprobs" if req.prompt_logprobs is not None else "echo",
+        )
+
+
+def completion_response(
+    state: ServerState, job: CompletionJob, finals: list[RequestOutput]
+) -> CompletionResponse:
+    choices = []
+    for i, (prompt, final) in enumerate(zip(job.prompts, finals, strict=True)):
+        for out in final.outputs:
+            choices.append(make_choice(state, job, i, prompt, out))
+    choices.sort(key=lambda c: c.index)
+    return CompletionResponse(
+        id=job.response_id,
+        created=job.created,
+        model=job.model,
+        choices=choices,
+        usage=make_usage(finals),
+    )
+
+
+def echo_text(job: CompletionJob, prompt: Prompt, tokenizer: Any) -> str:
+    if not job.req.echo:
+        return ""
+    if prompt.text is not None:
+        return prompt.text
+    return str(tokenizer.decode(prompt.token_ids))
+
+
+def make_choice(
+    state: ServerState, job: CompletionJob, prompt_index: int, prompt: Prompt, out: CompletionOutput
+) -> CompletionChoice:
+    tokenizer = state.backend.tokenizer
+    prefix = echo_text(job, prompt, tokenizer)
+    logprobs = None
+    if job.params.logprobs is not None and out.logprobs is not None:
+        logprobs = completion_logprobs(
+            out.token_ids, out.logprobs, job.params.logprobs, tokenizer, len(prefix)
+        )
+    return CompletionChoice(
+        index=job.choice_index(prompt_index, out.index),
+        text=prefix + out.text,
+        logprobs=logprobs,
+        finish_reason=out.finish_reason,
+        stop_reason=out.stop_reason,
+        token_ids=list(out.token_ids) if job.req.return_token_ids else None,
+        prompt_token_ids=prompt_token_ids(prompt) if job.req.return_token_ids else None,
+    )
+
+
+def prompt_token_ids(prompt: Prompt) -> list[int] | None:
+    """The prompt's ids; None for a pure-embeds prompt (it has none)."""
+    if prompt.is_pure_embeds:
+        return None
+    return list(prompt.token_ids)
+
+
+async def stream_completion(
+    request: web.Request, state: ServerState, job: CompletionJob
+) -> web.StreamResponse:
+    session = StreamSession(request, state)
+    include_usage = bool(job.req.stream_options and job.req.stream_options.include_usage)
+    async with session.generation(job.response_id, job.prompts, job.prompt_params) as gen:
+        sent: dict[tuple[int, int], tuple[int, int]] = {}
+        finals: dict[int, RequestOutput] = {}
+        async for i, output in session.outputs(gen):
+            finals[i] = output
+            for out in output.outputs:
+                chunk = stream_chunk(state, job, i, out, sent)
+                if chunk is not None:
+                    await session.send(encode_json(chunk))
+        if session.is_ok and include_usage:
+            usage = make_usage([finals[i] for i in sorted(finals)])
+            await session.send(
+                encode_json(
+                    CompletionStreamResponse(
+                        id=job.response_id,
+                        created=job.created,
+                        model=job.model,
+                        choices=[],
+                        usage=usage,
+                    )
+                )
+            )
+    return await session.finish()
+
+
+def stream_chunk(
+    state: ServerState,
+    job: CompletionJob,
+    prompt_index: int,
+    out: CompletionOutput,
+    sent: dict[tuple[int, int], tuple[int, int]],
+) -> CompletionStreamResponse | None:
+    """The delta of one branch since its last chunk, or None if there is nothing new."""
+    key = (prompt_index, out.index)
+    is_first = key not in sent
+    num_chars, num_tokens = sent.get(key, (0, 0))
+    if num_tokens < 0:
+        return None  # this branch already sent its finish chunk
+    delta = out.text[num_chars:]
+    new_ids = list(out.token_ids[num_tokens:])
+    finished = out.finish_reason is not None
+    if not delta and not finished and not (new_ids and job.req.return_token_ids):
+        return None
+    prompt = job.prompts[prompt_index]
+    tokenizer = state.backend.tokenizer
+    prefix = echo_text(job, prompt, tokenizer) if is_first else ""
+    logprobs = None
+    if job.params.logprobs is not None and out.logprobs is not None:
+        logprobs = completion_logprobs(
+            new_ids, out.logprobs[num_tokens:], job.params.logprobs, tokenizer, num_chars
+        )
+    sent[key] = (-1, -1) if finished else (len(out.text), len(out.token_ids))
+    choice = CompletionChoice(
+        index=job.choice_index(prompt_index, out.index),
+        text=prefix + delta,
+        logprobs=logprobs,
+        finish_reason=out.finish_reason,
+        stop_reason=out.stop_reason,
+        token_ids=new_ids if job.req.return_token_ids else None,
+        prompt_token_ids=prompt_token_ids(prompt)
+        if job.req.return_token_ids and is_first
+        else None,
+    )
+    return CompletionStreamResponse(
+        id=job.response_id, created=job.created, model=job.model, choices=[choice]
+    )

@@ -1,0 +1,82 @@
+"""Real pe servers (subprocesses on 127.0.0.1) shared by the server tests.
+
+``server``: native backend, prompt embeds on, API key, lowered limits; one per session.
+Tests that need other flags start their own (see test_server_operations.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from server_harness import API_KEY, MODEL, ServerProcess
+
+MAX_MODEL_LEN = 256
+MAIN_FLAGS = [
+    "--enable-prompt-embeds",
+    "--max-model-len", str(MAX_MODEL_LEN),
+    "--max-embeds-bytes", "256KiB",
+    "--max-num-seqs", "16",
+    "--max-concurrent-requests", "32",
+    "--max-n", "8",
+]  # fmt: skip
+
+
+def start_server(
+    model_dir: Path, log_dir: Path, name: str, flags: list[str], **kwargs: Any
+) -> ServerProcess:
+    return ServerProcess(model_dir, log_dir / f"{name}.log", flags, **kwargs).wait_ready()
+
+
+@pytest.fixture(scope="session")
+def server(
+    tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    # PE_TEST_BACKEND=transformers runs this whole suite against the reference backend.
+    backend = os.environ.get("PE_TEST_BACKEND", "native")
+    log_dir = tmp_path_factory.mktemp("logs")
+    proc = start_server(tiny_llama_dir, log_dir, "main", MAIN_FLAGS, backend=backend)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server: ServerProcess) -> Any:
+    import openai
+
+    with openai.OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0) as c:
+        yield c
+
+
+class Embedder:
+    """Client-side embeddings: the tiny model's own embedding rows for a text's tokens."""
+
+    def __init__(self, model_dir: Path) -> None:
+        from safetensors.numpy import load_file
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        weights = load_file(str(model_dir / "model.safetensors"))
+        self.table = weights["model.embed_tokens.weight"].astype(np.float32)
+        self.hidden_size = int(self.table.shape[1])
+
+    def ids(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def __call__(self, text: str) -> np.ndarray:
+        return np.ascontiguousarray(self.table[self.ids(text)])
+
+    def rows(self, ids: list[int]) -> np.ndarray:
+        return np.ascontiguousarray(self.table[ids])
+
+
+@pytest.fixture(scope="session")
+def embedder(tiny_llama_dir: Path) -> Embedder:
+    return Embedder(tiny_llama_dir)
+
+
+__all__ = ["API_KEY", "MAX_MODEL_LEN", "MODEL", "Embedder"]
