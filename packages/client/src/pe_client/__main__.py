@@ -1,0 +1,7 @@
+"""``python -m pe_client``: the pe-client command line."""
+
+import sys
+
+from pe_client.cli import main
+
+sys.exit(main())

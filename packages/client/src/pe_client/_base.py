@@ -1,0 +1,219 @@
+"""What the sync and async clients share: configuration, request building, response parsing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar, Union, cast
+
+import httpx
+import msgspec
+import numpy as np
+
+from pe_client._version import __version__
+from pe_client.errors import (
+    APIConnectionError,
+    APIResponseValidationError,
+    APITimeoutError,
+    make_status_error,
+)
+from pe_client.retries import RetryPolicy, is_retryable_status
+from pe_client.tensors import EmbedsFormat, check_format
+
+T = TypeVar("T")
+
+Transport = Literal["json", "msgpack"]
+TimeoutTypes = Union[float, httpx.Timeout, None]
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
+DEFAULT_MAX_RETRIES = 2
+
+JSON_TYPE = "application/json"
+MSGPACK_TYPE = "application/msgpack"
+SSE_TYPE = "text/event-stream"
+
+# A request body: built lazily (the async client builds it in a worker thread, since encoding
+# large tensors is CPU work) with `binary` telling whether tensors may stay raw bytes.
+BodyBuilder = Callable[[bool], dict[str, Any]]
+
+
+class NotGiven:
+    """Sentinel for "use the client's setting" where ``None`` has its own meaning."""
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+
+NOT_GIVEN = NotGiven()
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """One API call before it becomes an :class:`httpx.Request`."""
+
+    method: str
+    path: str
+    build_body: BodyBuilder | None = None
+    stream: bool = False
+    extra_headers: Mapping[str, str] | None = None
+    extra_body: Mapping[str, object] | None = None
+    timeout: TimeoutTypes | NotGiven = NOT_GIVEN
+
+
+def _enc_hook(obj: object) -> object:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise NotImplementedError(f"cannot serialise {type(obj).__name__} in a request body")
+
+
+_JSON_ENCODER = msgspec.json.Encoder(enc_hook=_enc_hook)
+_MSGPACK_ENCODER = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
+
+
+class BaseClient:
+    """Configuration and the transport-independent half of every request."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str | httpx.URL | None,
+        api_key: str | None,
+        timeout: TimeoutTypes,
+        max_retries: int,
+        default_headers: Mapping[str, str] | None,
+        transport: Transport,
+        embeds_format: EmbedsFormat,
+    ) -> None:
+        if transport not in ("json", "msgpack"):
+            raise ValueError(f"transport must be 'json' or 'msgpack', got {transport!r}")
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        if base_url is None:
+            base_url = os.environ.get("PE_BASE_URL") or DEFAULT_BASE_URL
+        if api_key is None:
+            api_key = os.environ.get("PE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        self.base_url = _with_trailing_slash(httpx.URL(str(base_url)))
+        self.api_key = api_key
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.default_headers = dict(default_headers or {})
+        self.transport: Transport = transport
+        self.embeds_format: EmbedsFormat = check_format(embeds_format)
+        self._retry_policy = RetryPolicy(max_retries=max_retries)
+        self._decoders: dict[tuple[str, type[Any]], Any] = {}
+
+    @property
+    def is_binary(self) -> bool:
+        """True when tensors travel as raw bytes (msgpack transport)."""
+        return self.transport == "msgpack"
+
+    def _option_kwargs(self) -> dict[str, Any]:
+        return {
+            "base_url": self.base_url,
+            "api_key": self.api_key,
+            "timeout": self.timeout,
+            "max_retries": self.max_retries,
+            "default_headers": self.default_headers,
+            "transport": self.transport,
+            "embeds_format": self.embeds_format,
+        }
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def _encode_body(self, options: RequestOptions) -> bytes | None:
+        """The request body bytes (CPU work: tensor encoding happens here)."""
+        if options.build_body is None and not options.extra_body:
+            return None
+        body = options.build_body(self.is_binary) if options.build_body else {}
+        if options.extra_body:
+            body.update(options.extra_body)
+        if self.is_binary:
+            return _MSGPACK_ENCODER.encode(body)
+        return _JSON_ENCODER.encode(body)
+
+    def _build_request(
+        self, http: httpx.Client | httpx.AsyncClient, options: RequestOptions, content: bytes | None
+    ) -> httpx.Request:
+        headers = {
+            "User-Agent": f"pe-client/{__version__}",
+            "Accept": self._accept(options.stream),
+            **self._auth_headers(),
+            **self.default_headers,
+        }
+        if content is not None:
+            headers["Content-Type"] = MSGPACK_TYPE if self.is_binary else JSON_TYPE
+        if options.extra_headers:
+            headers.update(options.extra_headers)
+        timeout = self.timeout if isinstance(options.timeout, NotGiven) else options.timeout
+        url = self.base_url.join(options.path.lstrip("/"))
+        return http.build_request(
+            options.method, url, content=content, headers=headers, timeout=timeout
+        )
+
+    def _accept(self, stream: bool) -> str:
+        if stream:
+            return SSE_TYPE
+        return MSGPACK_TYPE if self.is_binary else JSON_TYPE
+
+    def _should_retry(self, response: httpx.Response) -> bool:
+        override = str(response.headers.get("x-should-retry", "")).lower()
+        if override in ("true", "false"):
+            return override == "true"
+        return is_retryable_status(response.status_code)
+
+    def _parse(self, response: httpx.Response, cast_to: type[T]) -> T:
+        """Decode a successful, fully read response into ``cast_to``."""
+        kind = "msgpack" if _is_msgpack(response) else "json"
+        decoder = self._decoders.get((kind, cast_to))
+        if decoder is None:
+            module = msgspec.msgpack if kind == "msgpack" else msgspec.json
+            decoder = module.Decoder(cast_to)
+            self._decoders[(kind, cast_to)] = decoder
+        try:
+            return cast(T, decoder.decode(response.content))
+        except msgspec.DecodeError as exc:
+            raise APIResponseValidationError(
+                f"response does not match {cast_to.__name__}: {exc}", response=response
+            ) from None
+
+    def _status_error(self, response: httpx.Response) -> Exception:
+        """The typed error for a fully read error response."""
+        return make_status_error(response, _decode_error_body(response))
+
+
+def _is_msgpack(response: httpx.Response) -> bool:
+    content_type = response.headers.get("content-type", "")
+    return "msgpack" in content_type.split(";")[0]
+
+
+def _decode_error_body(response: httpx.Response) -> object | None:
+    body: object
+    try:
+        if _is_msgpack(response):
+            body = msgspec.msgpack.decode(response.content)
+        else:
+            body = msgspec.json.decode(response.content)
+    except (msgspec.DecodeError, httpx.ResponseNotRead):
+        return None
+    return body
+
+
+def _with_trailing_slash(url: httpx.URL) -> httpx.URL:
+    if url.raw_path.endswith(b"/"):
+        return url
+    return url.copy_with(raw_path=url.raw_path + b"/")
+
+
+def connection_error(exc: httpx.TransportError, request: httpx.Request) -> APIConnectionError:
+    """The SDK error for a transport failure: a timeout or any other connection error."""
+    if isinstance(exc, httpx.TimeoutException):
+        return APITimeoutError(request=request)
+    return APIConnectionError(request=request)

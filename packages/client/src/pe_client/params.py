@@ -1,0 +1,88 @@
+"""The optional request fields of ``completions.create`` and ``chat.completions.create``.
+
+Declared once as TypedDicts (shared by the sync and async resources, checked by type checkers
+through ``**params: Unpack[...]``, and checked at run time: an unknown keyword is a TypeError).
+Names and meanings are OpenAI's plus vLLM's sampling extras, exactly the fields of pe's request
+schema (``pe_common.protocol``); anything else (another server's extras) goes through
+``extra_body``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Union
+
+from typing_extensions import TypedDict
+
+Stop = Union[str, list[str]]
+
+
+class StreamOptions(TypedDict, total=False):
+    include_usage: bool
+    continuous_usage_stats: bool
+
+
+class SamplingParams(TypedDict, total=False):
+    """Fields shared by both endpoints."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    n: int
+    seed: int
+    stop: Stop
+    stop_token_ids: list[int]
+    presence_penalty: float
+    frequency_penalty: float
+    repetition_penalty: float
+    logit_bias: dict[str, float]
+    min_tokens: int
+    ignore_eos: bool
+    include_stop_str_in_output: bool
+    skip_special_tokens: bool
+    stream_options: StreamOptions
+    return_token_ids: bool
+    echo: bool
+    add_special_tokens: bool
+    truncate_prompt_tokens: int
+    response_format: dict[str, Any]
+    user: str
+
+
+class CompletionParams(SamplingParams, total=False):
+    """``/v1/completions`` fields besides model, prompt, prompt_embeds and stream."""
+
+    best_of: int
+    logprobs: int
+    prompt_logprobs: int
+    suffix: str
+
+
+class ChatCompletionParams(SamplingParams, total=False):
+    """``/v1/chat/completions`` fields besides model, messages and stream."""
+
+    logprobs: bool
+    top_logprobs: int
+    max_completion_tokens: int
+    chat_template: str
+    chat_template_kwargs: dict[str, Any]
+    add_generation_prompt: bool
+    continue_final_message: bool
+    tools: list[dict[str, Any]]
+    tool_choice: Union[str, dict[str, Any]]
+
+
+def checked_params(
+    params: Mapping[str, object], allowed: type[Any], endpoint: str
+) -> dict[str, object]:
+    """``params`` without ``None`` values; an unknown name raises TypeError like a bad keyword."""
+    names: frozenset[str] = allowed.__optional_keys__ | allowed.__required_keys__
+    unknown = sorted(set(params) - names)
+    if unknown:
+        raise TypeError(
+            f"{endpoint}.create() got unexpected keyword argument(s) {', '.join(unknown)}; "
+            "pass server-specific fields through extra_body={...}"
+        )
+    return {name: value for name, value in params.items() if value is not None}

@@ -1,0 +1,16 @@
+"""API resources, one module per route family: completions, chat.completions, models."""
+
+from pe_client.resources.chat import AsyncChat, AsyncChatCompletions, Chat, ChatCompletions
+from pe_client.resources.completions import AsyncCompletions, Completions
+from pe_client.resources.models import AsyncModels, Models
+
+__all__ = [
+    "AsyncChat",
+    "AsyncChatCompletions",
+    "AsyncCompletions",
+    "AsyncModels",
+    "Chat",
+    "ChatCompletions",
+    "Completions",
+    "Models",
+]

@@ -1,0 +1,385 @@
+"""pe-client against the real pe server (tiny random Llama, float32, greedy).
+
+One server per module, started as a subprocess on a free port. Every create() variant, sync and
+async, streamed and not, JSON and msgpack transport, all three embeds formats; embeddings of the
+prompt's own tokens must give the same output as the token ids; the official openai client must
+get the same output from the same messages; closing a stream early must abort the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+import pe_client
+from pe_client import AsyncPEClient, PEClient
+from pe_client.messages import system, user
+from pe_client.openai_compat import chat_part, completion_extra_body
+
+MODEL = "tiny"
+TEXT = "The quick brown fox jumps over the lazy dog"
+GREEDY: dict[str, Any] = {"max_tokens": 8, "temperature": 0.0, "ignore_eos": True}
+FORMATS = ["safetensors", "torch", "raw"]
+TRANSPORTS = ["json", "msgpack"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """A pe server subprocess serving ``model_dir`` as ``MODEL``."""
+
+    def __init__(self, model_dir: Path, log_path: Path) -> None:
+        self.port = free_port()
+        self.root = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"{self.root}/v1"
+        cmd = [
+            sys.executable, "-m", "pe_server", "serve", str(model_dir),
+            "--enable-prompt-embeds", "--host", "127.0.0.1", "--port", str(self.port),
+            "--dtype", "float32", "--served-model-name", MODEL,
+        ]  # fmt: skip
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pe server exited:\n{self.log_path.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{self.root}/health", timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"pe server not ready:\n{self.log_path.read_text()[-4000:]}")
+
+    def metrics(self) -> dict[str, float]:
+        """The unlabelled samples of /metrics (name -> value)."""
+        text = httpx.get(f"{self.root}/metrics", timeout=5.0).text
+        samples: dict[str, float] = {}
+        for line in text.splitlines():
+            match = re.match(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)$", line)
+            if match:
+                samples[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+        return samples
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(tiny_llama_dir, tmp_path_factory.mktemp("pe_server") / "server.log")
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def embedder(tiny_llama_dir: Path) -> Any:
+    """Token ids and the model's own embedding rows for a text (client-side, numpy)."""
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_llama_dir))
+    with safe_open(str(tiny_llama_dir / "model.safetensors"), framework="np") as f:
+        table = np.asarray(f.get_tensor("model.embed_tokens.weight"), dtype=np.float32)
+
+    class Embedder:
+        hidden_size = table.shape[1]
+
+        def ids(self, text: str) -> list[int]:
+            return list(tokenizer.encode(text, add_special_tokens=False))
+
+        def __call__(self, text: str) -> np.ndarray:
+            return np.ascontiguousarray(table[self.ids(text)])
+
+    return Embedder()
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[PEClient]:
+    with PEClient(base_url=server.base_url, api_key=None, timeout=60.0) as c:
+        yield c
+
+
+def completion_text(client: PEClient, **kwargs: Any) -> str:
+    return client.completions.create(model=MODEL, **GREEDY, **kwargs).choices[0].text
+
+
+def test_models_list(client: PEClient) -> None:
+    models = client.models.list()
+    assert [card.id for card in models.data] == [MODEL]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("embeds_format", FORMATS)
+def test_embeds_of_the_tokens_equal_the_token_ids(
+    server: Server, embedder: Any, transport: str, embeds_format: str
+) -> None:
+    with PEClient(
+        base_url=server.base_url,
+        transport=transport,  # type: ignore[arg-type]
+        embeds_format=embeds_format,  # type: ignore[arg-type]
+    ) as c:
+        by_ids = c.completions.create(model=MODEL, prompt=embedder.ids(TEXT), **GREEDY)
+        by_embeds = c.completions.create(model=MODEL, prompt_embeds=embedder(TEXT), **GREEDY)
+    assert by_ids.choices[0].text
+    assert by_embeds.choices[0].text == by_ids.choices[0].text
+    assert by_embeds.usage is not None
+    assert by_embeds.usage.prompt_tokens == len(embedder.ids(TEXT))
+
+
+def test_float16_and_bfloat16_embeds_are_accepted(client: PEClient, embedder: Any) -> None:
+    x = embedder(TEXT)
+    assert completion_text(client, prompt_embeds=x.astype(np.float16))
+    assert completion_text(client, prompt_embeds=pe_client.RawTensor.bfloat16(x))
+
+
+def test_batch_embeds_first_then_text(client: PEClient, embedder: Any) -> None:
+    a, b = "Hello world", "One two three four"
+    reply = client.completions.create(
+        model=MODEL, prompt_embeds=[embedder(a), embedder(b)], prompt=[embedder.ids(a)], **GREEDY
+    )
+    texts = [c.text for c in sorted(reply.choices, key=lambda c: c.index)]
+    assert len(texts) == 3
+    assert texts[0] == texts[2] == completion_text(client, prompt=embedder.ids(a))
+    assert texts[1] == completion_text(client, prompt=embedder.ids(b))
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_stream_equals_whole_reply(server: Server, embedder: Any, transport: str) -> None:
+    with PEClient(base_url=server.base_url, transport=transport) as c:  # type: ignore[arg-type]
+        whole = c.completions.create(model=MODEL, prompt_embeds=embedder(TEXT), **GREEDY)
+        stream = c.completions.create(
+            model=MODEL, prompt_embeds=embedder(TEXT), stream=True, **GREEDY
+        )
+        with stream:
+            pieces = [chunk.choices[0].text for chunk in stream if chunk.choices]
+    assert "".join(pieces) == whole.choices[0].text
+
+
+def test_sampling_fields_reach_the_engine(client: PEClient, embedder: Any) -> None:
+    x = embedder(TEXT)
+    first = client.completions.create(
+        model=MODEL, prompt_embeds=x, max_tokens=6, temperature=1.0, top_k=20, seed=3, n=2
+    )
+    again = client.completions.create(
+        model=MODEL, prompt_embeds=x, max_tokens=6, temperature=1.0, top_k=20, seed=3, n=2
+    )
+    assert [c.text for c in first.choices] == [c.text for c in again.choices]
+    assert len(first.choices) == 2
+    with_logprobs = client.completions.create(
+        model=MODEL, prompt_embeds=x, max_tokens=3, temperature=0.0, logprobs=2
+    )
+    logprobs = with_logprobs.choices[0].logprobs
+    assert logprobs is not None and len(logprobs.token_logprobs) == 3
+    stopped = client.completions.create(
+        model=MODEL, prompt_embeds=x, max_tokens=5, min_tokens=5, temperature=0.0
+    )
+    assert stopped.usage is not None and stopped.usage.completion_tokens == 5
+
+
+def chat_messages(embedder: Any) -> list[dict[str, Any]]:
+    return [
+        system("You are terse."),
+        user("Read:", embedder("Paris is the capital of France"), "Which city?"),
+    ]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("embeds_format", FORMATS)
+def test_chat_mixed_parts(
+    server: Server, embedder: Any, transport: str, embeds_format: str
+) -> None:
+    x = embedder("Paris is the capital of France")
+    messages = [
+        {"role": "system", "content": "You are terse."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Read:"},
+                {"type": "prompt_embeds", "data": x},
+                {"type": "text", "text": "Which city?"},
+            ],
+        },
+    ]
+    with PEClient(
+        base_url=server.base_url,
+        transport=transport,  # type: ignore[arg-type]
+        embeds_format=embeds_format,  # type: ignore[arg-type]
+    ) as c:
+        reply = c.chat.completions.create(model=MODEL, messages=messages, **GREEDY)
+        built = c.chat.completions.create(model=MODEL, messages=chat_messages(embedder), **GREEDY)
+    assert reply.choices[0].message.role == "assistant"
+    assert reply.choices[0].message.content
+    assert reply.choices[0].message.content == built.choices[0].message.content
+
+
+def test_chat_stream_and_logprobs(client: PEClient, embedder: Any) -> None:
+    messages = chat_messages(embedder)
+    whole = client.chat.completions.create(
+        model=MODEL, messages=messages, logprobs=True, top_logprobs=2, **GREEDY
+    )
+    content = whole.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert content is not None and len(content) == GREEDY["max_tokens"]
+    assert all(len(entry.top_logprobs) == 2 for entry in content)
+    with client.chat.completions.create(
+        model=MODEL, messages=messages, stream=True, **GREEDY
+    ) as stream:
+        pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert "".join(pieces) == whole.choices[0].message.content
+
+
+def test_openai_client_gets_the_same_output(
+    server: Server, client: PEClient, embedder: Any
+) -> None:
+    openai = pytest.importorskip("openai")
+    oa = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+    messages = chat_messages(embedder)
+    ours = client.chat.completions.create(model=MODEL, messages=messages, **GREEDY)
+    extra = {"ignore_eos": True}
+    theirs = oa.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=8, temperature=0.0, extra_body=extra
+    )
+    assert theirs.choices[0].message.content == ours.choices[0].message.content
+
+    part_messages = [{"role": "user", "content": [chat_part(embedder(TEXT))]}]
+    ours_part = client.chat.completions.create(model=MODEL, messages=part_messages, **GREEDY)
+    theirs_part = oa.chat.completions.create(
+        model=MODEL, messages=part_messages, max_tokens=8, temperature=0.0, extra_body=extra
+    )
+    assert theirs_part.choices[0].message.content == ours_part.choices[0].message.content
+
+    import torch
+
+    x = embedder(TEXT)
+    body = {**completion_extra_body(torch.from_numpy(x)), **extra}  # torch.save, vLLM's format
+    theirs_completion = oa.completions.create(
+        model=MODEL, prompt=None, max_tokens=8, temperature=0.0, extra_body=body
+    )
+    assert theirs_completion.choices[0].text == completion_text(client, prompt_embeds=x)
+
+
+async def test_async_variants(server: Server, embedder: Any) -> None:
+    x = embedder(TEXT)
+    async with AsyncPEClient(base_url=server.base_url, transport="msgpack") as c:
+        models = await c.models.list()
+        assert models.data[0].id == MODEL
+        done, chat = await asyncio.gather(
+            c.completions.create(model=MODEL, prompt_embeds=x, **GREEDY),
+            c.chat.completions.create(model=MODEL, messages=chat_messages(embedder), **GREEDY),
+        )
+        stream = await c.completions.create(model=MODEL, prompt_embeds=x, stream=True, **GREEDY)
+        async with stream:
+            pieces = [chunk.choices[0].text async for chunk in stream if chunk.choices]
+        chat_stream = await c.chat.completions.create(
+            model=MODEL, messages=chat_messages(embedder), stream=True, **GREEDY
+        )
+        async with chat_stream:
+            chat_pieces = [
+                chunk.choices[0].delta.content or "" async for chunk in chat_stream if chunk.choices
+            ]
+    assert "".join(pieces) == done.choices[0].text
+    assert "".join(chat_pieces) == chat.choices[0].message.content
+
+
+def test_server_errors_are_typed(client: PEClient, embedder: Any) -> None:
+    wrong_width = np.zeros((3, embedder.hidden_size + 1), dtype=np.float32)
+    with pytest.raises(pe_client.BadRequestError) as info:
+        client.completions.create(model=MODEL, prompt_embeds=wrong_width)
+    assert info.value.status_code == 400
+    assert info.value.param == "prompt_embeds"
+    assert info.value.code == "hidden_size_mismatch"
+    with pytest.raises(pe_client.BadRequestError) as info:
+        client.completions.create(model=MODEL, prompt_embeds="not base64!")
+    assert info.value.param == "prompt_embeds"
+    with pytest.raises(pe_client.NotFoundError):
+        client.completions.create(model="no-such-model", prompt="x")
+
+
+def wait_until(predicate: Any, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def aborts(server: Server) -> float:
+    return sum(v for k, v in server.metrics().items() if k.startswith("pe_request_aborts_total"))
+
+
+def server_is_idle(server: Server) -> bool:
+    m = server.metrics()
+    return (
+        m.get("pe_num_requests_running") == 0.0
+        and m.get("pe_num_requests_waiting") == 0.0
+        and m.get("pe_kv_free_blocks") == m.get("pe_kv_total_blocks")
+    )
+
+
+def test_closing_a_stream_early_aborts_the_request(
+    server: Server, client: PEClient, embedder: Any
+) -> None:
+    assert wait_until(lambda: server_is_idle(server))
+    aborts_before = aborts(server)
+    stream = client.completions.create(
+        model=MODEL,
+        prompt_embeds=embedder(TEXT),
+        max_tokens=1900,
+        ignore_eos=True,
+        temperature=0.0,
+        stream=True,
+    )
+    with stream:
+        first = next(iter(stream))
+        assert first.choices
+        assert not server_is_idle(server), server.metrics()  # the request holds KV blocks
+    assert stream.response.is_closed
+    assert wait_until(lambda: aborts(server) > aborts_before), server.metrics()
+    assert wait_until(lambda: server_is_idle(server)), server.metrics()
+
+
+async def test_async_stream_left_early_aborts(server: Server, embedder: Any) -> None:
+    aborts_before = aborts(server)
+    async with AsyncPEClient(base_url=server.base_url) as c:
+        stream = await c.completions.create(
+            model=MODEL,
+            prompt_embeds=embedder(TEXT),
+            max_tokens=1900,
+            ignore_eos=True,
+            stream=True,
+        )
+        async with stream:
+            async for _ in stream:
+                break
+    assert await asyncio.to_thread(wait_until, lambda: aborts(server) > aborts_before)
+    assert await asyncio.to_thread(wait_until, lambda: server_is_idle(server))
