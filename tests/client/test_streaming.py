@@ -7,10 +7,10 @@ import json
 
 import pytest
 from client_fakes import FakeServer, Reply, chat_chunk, completion_chunk, sse
-from pe_common.protocol import ChatCompletionStreamResponse, CompletionStreamResponse
 
 import pe_client
 from pe_client import AsyncPEClient, AsyncStream, PEClient, Stream
+from pe_common.protocol import ChatCompletionStreamResponse, CompletionStreamResponse
 
 ERROR_EVENT = {
     "error": {
