@@ -72,3 +72,15 @@ def test_cli_complete_and_chat(
     assert chat.stdout.strip()
     bad = run(["-m", "pe_client", "complete", "--prompt", "x", "--model", "nope"], server, 8)
     assert bad.returncode == 1 and "NotFoundError" in bad.stderr
+
+
+def test_offline_generation_example(tiny_llama_dir: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "offline_generation.py"), str(tiny_llama_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "identical greedy outputs: True" in result.stdout

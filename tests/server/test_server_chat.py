@@ -6,8 +6,8 @@ from typing import Any
 
 import openai
 import pytest
-from conftest import MAX_MODEL_LEN, MODEL, Embedder
 
+from conftest import MAX_MODEL_LEN, MODEL, Embedder
 from pe_common.codec import encode_prompt_embeds
 
 QUESTION = "What is the capital of France"

@@ -10,9 +10,9 @@ import httpx
 import msgspec
 import openai
 import pytest
-from conftest import MODEL, Embedder
 from server_harness import ServerProcess
 
+from conftest import MODEL, Embedder
 from pe_common.codec import encode_prompt_embeds
 
 TEXT = "The quick brown fox jumps over the lazy dog"

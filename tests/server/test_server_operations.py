@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 import openai
-from conftest import MAX_MODEL_LEN, MODEL, Embedder
 from server_harness import ServerProcess, wait_until
 
+from conftest import MAX_MODEL_LEN, MODEL, Embedder
 from pe_common.codec import encode_prompt_embeds
 
 TEXT = "The quick brown fox jumps over the lazy dog"

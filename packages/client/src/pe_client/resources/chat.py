@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-from pe_common.protocol import ChatCompletionResponse, ChatCompletionStreamResponse
 from typing_extensions import Unpack
 
 from pe_client._base import NOT_GIVEN, NotGiven, RequestOptions, TimeoutTypes
 from pe_client.params import ChatCompletionParams, checked_params
 from pe_client.streaming import AsyncStream, Stream
 from pe_client.tensors import EmbedsFormat, encode_embeds, is_tensor
+from pe_common.protocol import ChatCompletionResponse, ChatCompletionStreamResponse
 
 if TYPE_CHECKING:
     from pe_client.client import AsyncPEClient, PEClient

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal, Union, overload
 
-from pe_common.protocol import CompletionResponse, CompletionStreamResponse
 from typing_extensions import Unpack
 
 from pe_client._base import NOT_GIVEN, BodyBuilder, NotGiven, RequestOptions, TimeoutTypes
 from pe_client.params import CompletionParams, checked_params
 from pe_client.streaming import AsyncStream, Stream
 from pe_client.tensors import EmbedsFormat, encode_embeds_list
+from pe_common.protocol import CompletionResponse, CompletionStreamResponse
 
 if TYPE_CHECKING:
     from pe_client.client import AsyncPEClient, PEClient

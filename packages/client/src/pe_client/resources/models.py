@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from pe_common.protocol import ModelList
-
 from pe_client._base import NOT_GIVEN, NotGiven, RequestOptions, TimeoutTypes
+from pe_common.protocol import ModelList
 
 if TYPE_CHECKING:
     from pe_client.client import AsyncPEClient, PEClient

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
+
     from pe_engine.outputs import RequestOutput
     from pe_engine.prompt import Prompt
     from pe_engine.sampling_params import SamplingParams

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
 from pe_engine.outputs import CompletionOutput, Logprob
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams
