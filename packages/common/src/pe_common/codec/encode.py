@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import sys
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
@@ -62,7 +62,7 @@ def _is_torch_tensor(x: object) -> bool:
 
 def _little_endian_bytes(x: object) -> tuple[str, tuple[int, ...], memoryview]:
     if _is_torch_tensor(x):
-        return _torch_bytes(x)  # type: ignore[arg-type]
+        return _torch_bytes(cast(Any, x))
     if isinstance(x, np.ndarray):
         return _numpy_bytes(x)
     raise TypeError("prompt embeds must be a torch.Tensor or a numpy.ndarray")
