@@ -152,6 +152,13 @@ def test_reserved_placeholder_text_is_rejected(
     assert "may not contain the reserved placeholder '<prompt_embeds>'" in info.value.message
 
 
+def test_placeholder_text_is_plain_text_when_embeds_are_off(tokenizer: Any) -> None:
+    off = ChatPromptBuilder(tokenizer, enable_prompt_embeds=False)
+    prompt = off.build([{"role": "user", "content": "hi <prompt_embeds> there"}])
+    assert prompt.prompt_embeds is None
+    assert "<prompt_embeds>" in tokenizer.decode(prompt.token_ids)
+
+
 def test_llama3_style_template(builder: ChatPromptBuilder, tokenizer: Any) -> None:
     messages = [
         {"role": "system", "content": "Be brief."},

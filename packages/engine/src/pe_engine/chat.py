@@ -115,7 +115,7 @@ class ChatPromptBuilder:
                 if isinstance(message.get(key), dict):
                     parsed[key] = self._parse_content([message[key]], "string", tensors)
                 elif isinstance(message.get(key), str):
-                    _check_reserved(message[key])
+                    self._check_reserved(message[key])
             conversation.append(parsed)
         return conversation, tensors
 
@@ -125,7 +125,7 @@ class ChatPromptBuilder:
         if content is None:
             return None
         if isinstance(content, str):
-            _check_reserved(content)
+            self._check_reserved(content)
             return content
         if not isinstance(content, list):
             raise InvalidRequestError(
@@ -142,7 +142,7 @@ class ChatPromptBuilder:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text" and isinstance(part.get("text"), str):
             text: str = part["text"]
-            _check_reserved(text)
+            self._check_reserved(text)
             return text
         if kind == "prompt_embeds":
             if not self.enable_prompt_embeds:
@@ -155,6 +155,17 @@ class ChatPromptBuilder:
             code="unsupported_content_part",
             param="messages",
         )
+
+    def _check_reserved(self, text: str) -> None:
+        # Only a server that splices embeds reserves the sentinel (as vLLM): without the flag the
+        # text is rendered with the plain tokenizer and the string is ordinary text.
+        if self.enable_prompt_embeds and PROMPT_EMBEDS_TOKEN in text:
+            raise InvalidRequestError(
+                f"Text content may not contain the reserved placeholder '{PROMPT_EMBEDS_TOKEN}'. "
+                "Use a prompt_embeds content part instead.",
+                code="reserved_placeholder",
+                param="messages",
+            )
 
     def _expand_sentinels(self, ids: list[int], tensors: list[torch.Tensor], text: str) -> Prompt:
         positions = [i for i, t in enumerate(ids) if t == self._sentinel_id]
@@ -179,16 +190,6 @@ class ChatPromptBuilder:
         embeds = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
         return Prompt(
             token_ids=token_ids, prompt_embeds=embeds, is_token_ids=is_token_ids, text=text
-        )
-
-
-def _check_reserved(text: str) -> None:
-    if PROMPT_EMBEDS_TOKEN in text:
-        raise InvalidRequestError(
-            f"Text content may not contain the reserved placeholder '{PROMPT_EMBEDS_TOKEN}'. "
-            "Use a prompt_embeds content part instead.",
-            code="reserved_placeholder",
-            param="messages",
         )
 
 
