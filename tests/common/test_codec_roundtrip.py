@@ -105,6 +105,15 @@ def test_numpy_big_endian_and_strided_input() -> None:
         assert np.array_equal(out, x.astype(np.float32))
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_zero_rows_encode_and_are_refused_as_empty(fmt: str) -> None:
+    # Found by the server fuzz test: numpy input with a zero dim used to raise TypeError.
+    for x in (np.zeros((0, H), np.float32), torch.zeros(0, H)):
+        with pytest.raises(PromptEmbedsError) as info:
+            decode_prompt_embeds(encode_prompt_embeds(x, fmt), hidden_size=H, dtype=torch.float32)
+        assert info.value.code == "empty_prompt"
+
+
 def test_bfloat16_numpy_path_is_exact() -> None:
     x = sample((4, H), torch.bfloat16)
     out = decode_prompt_embeds_numpy(encode_prompt_embeds(x, "raw"), hidden_size=H)

@@ -16,6 +16,8 @@ import pytest
 from server_harness import API_KEY, MODEL, ServerProcess
 
 MAX_MODEL_LEN = 256
+# Base seconds to receive a body (plus 1 s per MB declared): short, for the 408 test.
+BODY_READ_TIMEOUT = 2.0
 MAIN_FLAGS = [
     "--enable-prompt-embeds",
     "--max-model-len", str(MAX_MODEL_LEN),
@@ -23,6 +25,7 @@ MAIN_FLAGS = [
     "--max-num-seqs", "16",
     "--max-concurrent-requests", "32",
     "--max-n", "8",
+    "--body-read-timeout", str(BODY_READ_TIMEOUT),
 ]  # fmt: skip
 
 
@@ -79,4 +82,4 @@ def embedder(tiny_llama_dir: Path) -> Embedder:
     return Embedder(tiny_llama_dir)
 
 
-__all__ = ["API_KEY", "MAX_MODEL_LEN", "MODEL", "Embedder"]
+__all__ = ["API_KEY", "BODY_READ_TIMEOUT", "MAX_MODEL_LEN", "MODEL", "Embedder"]

@@ -18,6 +18,18 @@ import httpx
 MODEL = "tiny"
 API_KEY = "test-key-0123456789"
 METRIC_LINE = re.compile(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)$")
+# What an error body must never contain: tracebacks, addresses, paths, object reprs.
+INTERNALS = re.compile(
+    r"Traceback|0x[0-9a-fA-F]{6,}|/work/|/usr/|site-packages|<[a-zA-Z_.]+ object"
+)
+# Peak RSS growth allowed per hostile-input case (reference/security.md §12.2).
+BOMB_RSS_LIMIT = 50 * 2**20
+ERROR_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+    405: "invalid_request_error", 408: "invalid_request_error", 413: "invalid_request_error",
+    415: "invalid_request_error", 429: "rate_limit_error", 500: "internal_error",
+    503: "server_overloaded",
+}  # fmt: skip
 
 
 def free_port() -> int:
@@ -110,6 +122,17 @@ class ServerProcess:
                 samples[match.group(1) + (match.group(2) or "")] = float(match.group(3))
         return samples
 
+    def rss_bytes(self, field: str = "VmRSS") -> int:
+        """The server process's resident set (``VmRSS``) or its peak (``VmHWM``), in bytes."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(f"{field} not in /proc/{self.proc.pid}/status")
+
+    def reset_peak_rss(self) -> None:
+        """Reset ``VmHWM`` to the current RSS (Linux ``clear_refs`` value 5)."""
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+
     def is_idle(self) -> bool:
         m = self.metrics()
         return (
@@ -117,6 +140,55 @@ class ServerProcess:
             and m.get("pe_num_requests_waiting") == 0
             and m.get("pe_kv_free_blocks") == m.get("pe_kv_total_blocks")
         )
+
+
+class RssProbe:
+    """Server RSS around a block: ``with RssProbe(server) as rss: ...`` then ``rss.peak_delta``.
+
+    The peak is the kernel's high-water mark (``VmHWM``), reset on entry, so a short spike while
+    the server handles a request counts even if the memory is freed before the block ends.
+    """
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.before = self.after = self.peak = 0
+
+    def __enter__(self) -> RssProbe:
+        self.server.reset_peak_rss()
+        self.before = self.server.rss_bytes()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.after = self.server.rss_bytes()
+        self.peak = self.server.rss_bytes("VmHWM")
+
+    @property
+    def peak_delta(self) -> int:
+        return self.peak - self.before
+
+    @property
+    def delta(self) -> int:
+        return self.after - self.before
+
+    def __str__(self) -> str:
+        mib = 2**20
+        return (
+            f"RSS before {self.before / mib:.1f} MiB, after {self.after / mib:.1f} MiB, "
+            f"peak {self.peak / mib:.1f} MiB"
+        )
+
+
+def assert_error(
+    response: httpx.Response, status: int, code: str, type_: str | None = None
+) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code, error
+    assert error["type"] == (type_ or ERROR_TYPES[status])
+    assert not INTERNALS.search(response.text), response.text
+    return error
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> bool:

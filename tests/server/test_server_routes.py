@@ -1,5 +1,6 @@
 """The app factory in process (a stub backend, no model): every route is either protected by
-the API key or on the explicit public allowlist, and the middlewares answer before the body."""
+the API key or on the explicit public allowlist, and the middlewares answer before the body.
+The last test checks the same route tables on the real server."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from server_harness import MODEL, ServerProcess
 
 from pe_server.app import create_app
 from pe_server.backends.base import BackendStats, ModelInfo
@@ -25,6 +28,7 @@ class StubBackend:
 
     name = "stub"
     supports_prompt_logprobs = False
+    supports_best_of = False
     tokenizer: Any = None
     chat_builder: Any = None
 
@@ -178,3 +182,25 @@ async def test_health_and_version_are_public(client: TestClient) -> None:
     assert (await client.get("/health")).status == 200
     version = await (await client.get("/version")).json()
     assert isinstance(version["version"], str)
+
+
+def test_live_server_routes_are_protected_or_public(server: ServerProcess) -> None:
+    """The same route tables on the real server (native backend, real model): every registered
+    route answers 401 without a key unless it is on the public allowlist, and every path the
+    published OpenAPI document names is a registered route."""
+    app = create_app(ServerConfig(model="stub-model", api_key=[KEY]), backend=StubBackend())
+    routes = registered_routes(app)
+    templates = {str(r.resource.canonical) for r in routes if r.resource is not None}
+    assert set(server.get("/openapi.json").json()["paths"]) <= templates
+    for route in routes:
+        path = concrete_path(route).replace("stub-model", MODEL)
+        response = httpx.request(route.method, f"{server.root}{path}", timeout=30)
+        if (route.method, path) in PUBLIC_ROUTES:
+            assert response.status_code == 200, (route.method, path)
+        else:
+            assert response.status_code == 401, (route.method, path)
+            assert response.headers["WWW-Authenticate"] == "Bearer"
+        authorized = httpx.request(
+            route.method, f"{server.root}{path}", headers=server.headers, timeout=30
+        )
+        assert authorized.status_code != 401, (route.method, path)

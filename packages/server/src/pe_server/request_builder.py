@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pe_common.codec import EmbedsLimits, decode_prompt_embeds
+from pe_common.codec.tensor_view import MAX_DIM
 from pe_common.errors import PEValidationError
 from pe_server.errors import APIError
 from pe_server.state import ServerState
 
 if TYPE_CHECKING:
     import torch
+
     from pe_engine.prompt import Prompt
 
 T = TypeVar("T")
@@ -80,9 +82,11 @@ def declared_field(payload: Any, name: str) -> Any:
 
 
 def declared_shape(payload: Any) -> list[int] | None:
+    """A raw payload's declared shape if every dim is plausible; else None (the codec refuses
+    the shape itself as ``invalid_shape``, rather than a budget or context error here)."""
     shape = declared_field(payload, "shape")
     if not isinstance(shape, (list, tuple)) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape
     ):
         return None
     return list(shape)

@@ -76,7 +76,8 @@ def _numpy_bytes(x: np.ndarray) -> tuple[str, tuple[int, ...], memoryview]:
             "bfloat16, so send bfloat16 embeddings as a torch tensor"
         )
     array = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<"))
-    return name, x.shape, array.data.cast("B")
+    # Through a flat uint8 view: memoryview.cast refuses shapes with a zero in them.
+    return name, x.shape, array.reshape(-1).view(np.uint8).data
 
 
 def _torch_bytes(x: torch.Tensor) -> tuple[str, tuple[int, ...], memoryview]:
