@@ -106,7 +106,7 @@ async def test_invalid_requests_raise_without_hurting_the_engine(engine: AsyncEn
 
 
 class FlakyRunner:
-    """Wraps the real runner and raises from ``execute`` on chosen calls."""
+    """Wraps the real runner and raises from ``run`` (the engine's entry point) on chosen calls."""
 
     def __init__(self, runner: Any, fail_calls: set[int]) -> None:
         self._runner = runner
@@ -116,11 +116,11 @@ class FlakyRunner:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._runner, name)
 
-    def execute(self, scheduled: Any) -> Any:
+    def run(self, scheduled: Any) -> Any:
         self.num_calls += 1
         if self.num_calls in self.fail_calls:
             raise RuntimeError("injected runner failure")
-        return self._runner.execute(scheduled)
+        return self._runner.run(scheduled)
 
 
 async def test_a_failing_step_fails_its_requests_only(tiny_llama_dir: Path) -> None:

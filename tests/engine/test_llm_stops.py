@@ -150,14 +150,6 @@ def test_hostile_inputs_are_value_errors_and_engine_survives(
     assert llm.engine.num_free_blocks == llm.engine.num_total_blocks
 
 
-def test_unsupported_parameters_are_rejected(llm: LLM) -> None:
-    for kw in ({"prompt_logprobs": 1}, {"n": 1, "best_of": 2}):
-        with pytest.raises(PEValidationError) as info:
-            llm.generate(PROMPT, SamplingParams(**kw), use_tqdm=False)
-        assert info.value.param in kw
-    assert not llm.engine.has_unfinished_requests()
-
-
 def test_embeds_rejected_when_disabled(tiny_llama_dir: Path) -> None:
     off = LLM(str(tiny_llama_dir), dtype="float32", device="cpu", num_kv_blocks=8)
     with pytest.raises(PEValidationError, match="enable-prompt-embeds"):

@@ -72,9 +72,10 @@ class BlockManager:
     def get_computed_blocks(self, seq: Sequence) -> list[int]:
         """Ids of the cached blocks matching the longest prefix of ``seq`` (no side effects).
 
-        The last token is never covered: its logits must be computed to sample.
+        The last token is never covered: its logits must be computed to sample. Nor is any
+        token of a request that asks for prompt logprobs: they need every prompt position.
         """
-        if not self.enable_prefix_caching:
+        if not self.enable_prefix_caching or seq.sampling_params.prompt_logprobs is not None:
             return []
         block_ids: list[int] = []
         for i in range((seq.num_tokens - 1) // self.block_size):

@@ -44,11 +44,19 @@ class EngineConfig(BaseModel):
     block_size: int = Field(16, ge=1)
     num_kv_blocks: int | None = Field(None, ge=1)
     kv_cache_memory: int | None = Field(None, ge=1)  # bytes; default 1 GiB on CPU
+    # CUDA, without kv_cache_memory: the share of the device the engine may fill (weights,
+    # peak activations of a warm-up step, then the KV pool).
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     enable_prompt_embeds: bool = False
     enable_prefix_caching: bool = True
     max_embeds_bytes: int = Field(256 * 2**20, ge=1)
     seed: int = 0
-    enforce_eager: bool = False
+    enforce_eager: bool = False  # CUDA: no decode CUDA graphs
+    # "auto": Triton kernels on CUDA, the torch reference on CPU ("triton" on CPU needs
+    # TRITON_INTERPRET=1: the kernel tests use it).
+    attention_backend: Literal["auto", "torch", "triton"] = "auto"
+    # CPU kernel threads; None: OMP_NUM_THREADS when set, else all usable cores but one.
+    num_threads: int | None = Field(None, ge=1)
 
     @cached_property
     def model_dir(self) -> Path:

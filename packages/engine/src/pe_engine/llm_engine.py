@@ -11,7 +11,7 @@ from pe_common.errors import InvalidRequestError
 from pe_engine.block_manager import BlockManager
 from pe_engine.config import EngineConfig
 from pe_engine.detokenizer import decode_token
-from pe_engine.model_runner import ModelRunner, SampleResult
+from pe_engine.model_runner import ModelRunner, SampleResult, StepOutput
 from pe_engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from pe_engine.prompt import Prompt
 from pe_engine.prompt_builder import PromptBuilder
@@ -38,6 +38,7 @@ class _Request:
     metrics: RequestMetrics
     logprobs: list[list[dict[int, Logprob]]] = field(default_factory=list)
     cumulative_logprobs: list[float] = field(default_factory=list)
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
 
 
 class LLMEngine:
@@ -111,9 +112,11 @@ class LLMEngine:
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already running")
         prompt = self.prompt_builder.build(prompt)
-        _check_supported(params)
         self._check_fits_pool(prompt)
-        seqs = [Sequence.from_prompt(request_id, prompt, params, branch=i) for i in range(params.n)]
+        seqs = [
+            Sequence.from_prompt(request_id, prompt, params, branch=i)
+            for i in range(params.num_candidates)
+        ]
         self._requests[request_id] = _Request(
             request_id=request_id,
             prompt=prompt,
@@ -122,6 +125,7 @@ class LLMEngine:
             metrics=RequestMetrics(arrival_time=arrival_time or time.time()),
             logprobs=[[] for _ in seqs],
             cumulative_logprobs=[0.0 for _ in seqs],
+            prompt_logprobs=None if params.prompt_logprobs is None else [None] * prompt.num_tokens,
         )
         self.scheduler.add_seqs(seqs)
 
@@ -158,16 +162,17 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """schedule -> run -> postprocess; returns the outputs of requests that progressed."""
         scheduled = self.scheduler.schedule()
-        results = self._execute(scheduled)
-        self.scheduler.postprocess(scheduled, results)
-        return self._collect_outputs(scheduled, results)
+        step = self._execute(scheduled)
+        self._record_prompt_logprobs(scheduled, step)
+        self.scheduler.postprocess(scheduled, step.samples)
+        return self._collect_outputs(scheduled, step.samples)
 
-    def _execute(self, scheduled: list[tuple[Sequence, int]]) -> list[SampleResult | None]:
+    def _execute(self, scheduled: list[tuple[Sequence, int]]) -> StepOutput:
         self.num_steps += 1
         if not scheduled:
-            return []
+            return StepOutput([], [])
         try:
-            return self.runner.execute(scheduled)
+            return self.runner.run(scheduled)
         except Exception as exc:
             failed = list(dict.fromkeys(seq.request_id for seq, _ in scheduled))
             for request_id in failed:
@@ -191,6 +196,15 @@ class LLMEngine:
             touched[seq.request_id] = self._requests[seq.request_id]
         return [self._make_output(request) for request in touched.values()]
 
+    def _record_prompt_logprobs(
+        self, scheduled: list[tuple[Sequence, int]], step: StepOutput
+    ) -> None:
+        """Keyed by position, so a recomputed prompt (preemption) overwrites, never appends."""
+        for entry, position, result in step.prompt_logprobs:
+            request = self._requests[scheduled[entry][0].request_id]
+            assert request.prompt_logprobs is not None
+            request.prompt_logprobs[position] = self._logprobs_entry(result)
+
     def _record_sample(
         self, request: _Request, seq: Sequence, result: SampleResult, now: float
     ) -> None:
@@ -200,11 +214,13 @@ class LLMEngine:
             metrics.first_token_time = now
         metrics.last_token_time = now
         branch = [s.seq_id for s in request.seqs].index(seq.seq_id)
-        request.cumulative_logprobs[branch] += result.logprob
+        if result.logprob is not None:
+            request.cumulative_logprobs[branch] += result.logprob
         if request.params.logprobs is not None:
             request.logprobs[branch].append(self._logprobs_entry(result))
 
     def _logprobs_entry(self, result: SampleResult) -> dict[int, Logprob]:
+        assert result.logprob is not None, "logprobs requested but not computed"
         top = result.top_logprobs or []
         rank = getattr(result, "rank", None)
         if rank is None:
@@ -219,7 +235,8 @@ class LLMEngine:
 
     def _make_output(self, request: _Request) -> RequestOutput:
         finished = all(seq.is_finished for seq in request.seqs)
-        outputs = [self._completion(request, i, finished) for i in range(len(request.seqs))]
+        branches = self._branches_to_report(request)
+        outputs = [self._completion(request, b, index=i) for i, b in enumerate(branches)]
         prompt = request.prompt
         if finished:
             request.metrics.finished_time = time.time()
@@ -233,14 +250,26 @@ class LLMEngine:
             metrics=request.metrics,
             num_prompt_tokens=prompt.num_tokens,
             num_cached_tokens=request.seqs[0].num_cached_tokens,
+            prompt_logprobs=None
+            if request.prompt_logprobs is None
+            else list(request.prompt_logprobs),
         )
 
-    def _completion(self, request: _Request, branch: int, finished: bool) -> CompletionOutput:
+    def _branches_to_report(self, request: _Request) -> list[int]:
+        """The first n branches; with ``best_of > n``, once all finished, the n with the highest
+        cumulative logprob, best first (as vLLM)."""
+        n = request.params.n
+        if len(request.seqs) == n or not all(seq.is_finished for seq in request.seqs):
+            return list(range(n))
+        ranked = sorted(range(len(request.seqs)), key=lambda i: -request.cumulative_logprobs[i])
+        return ranked[:n]
+
+    def _completion(self, request: _Request, branch: int, *, index: int) -> CompletionOutput:
         seq = request.seqs[branch]
         detokenizer = self.scheduler.detokenizers[seq.seq_id]
         wants_logprobs = request.params.logprobs is not None
         return CompletionOutput(
-            index=branch,
+            index=index,
             text=detokenizer.get_text(seq.is_finished),
             token_ids=list(seq.output_token_ids),
             cumulative_logprob=request.cumulative_logprobs[branch] if wants_logprobs else None,
@@ -268,21 +297,6 @@ class LLMEngine:
             "num_scheduled_tokens": self.num_scheduled_tokens,
             "num_generation_tokens": self.num_generation_tokens,
         }
-
-
-def _check_supported(params: SamplingParams) -> None:
-    if params.prompt_logprobs is not None:
-        raise InvalidRequestError(
-            "prompt_logprobs is not supported by this engine yet.",
-            code="unsupported_parameter",
-            param="prompt_logprobs",
-        )
-    if params.best_of not in (None, params.n):
-        raise InvalidRequestError(
-            "best_of is not supported (it must equal n when given).",
-            code="unsupported_parameter",
-            param="best_of",
-        )
 
 
 def load_tokenizer(config: EngineConfig) -> Any:

@@ -5,19 +5,37 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pe_engine.attention import AttentionMetadata, PrefillSpan, TorchAttentionBackend
+from pe_engine.attention import (
+    AttentionBackend,
+    AttentionMetadata,
+    PrefillSpan,
+    TorchAttentionBackend,
+)
 from pe_engine.config import DEFAULT_CPU_KV_CACHE_MEMORY, EngineConfig
 from pe_engine.models.loader import load_model
-from pe_engine.sampler import Sampler, SampleResult
+from pe_engine.sampler import Sampler, SampleResult, prompt_logprobs
 from pe_engine.sequence import Sequence
 
-__all__ = ["ModelRunner", "SampleResult"]
+if TYPE_CHECKING:
+    from pe_engine.cuda_graphs import DecodeGraphs
 
-_CUDA_KV_CACHE_FRACTION = 0.8  # of the memory still free after loading the weights
+__all__ = ["ModelRunner", "SampleResult", "StepOutput"]
+
+_PROMPT_LOGITS_ROWS = 256  # prompt-logprob rows per logits matrix ([rows, vocab] float32)
+
+
+@dataclass
+class StepOutput:
+    """One step's results: per entry of ``scheduled`` the sampled token (None while its prompt
+    is still being computed), and ``(entry, position, result)`` for every prompt position
+    whose log-probability this step computed (``result.token_id`` is the prompt token)."""
+
+    samples: list[SampleResult | None]
+    prompt_logprobs: list[tuple[int, int, SampleResult]]
 
 
 @dataclass
@@ -44,12 +62,12 @@ class ModelRunner:
             )
         self.config = config
         self.device = torch.device(config.device_name)
-        _configure_threads(self.device)
+        _configure_threads(self.device, config.num_threads)
         self.hf_config = config.hf_config
         self.dtype = config.torch_dtype
         self.block_size = config.block_size
         self.max_model_len = _max_model_len(config, self.hf_config)
-        self.backend = TorchAttentionBackend()
+        self.backend = _attention_backend(config, self.device)
         self.model = load_model(
             model_dir,
             self.hf_config,
@@ -63,6 +81,7 @@ class ModelRunner:
         self.vocab_size = args.vocab_size
         self.num_kv_blocks = self._num_kv_blocks()
         self.kv_cache = self._allocate_kv_cache()
+        self.decode_graphs = self._capture_decode_graphs()
         self.sampler = Sampler(
             _eos_token_ids(model_dir, self.hf_config), seed=config.seed, device=self.device
         )
@@ -80,7 +99,7 @@ class ModelRunner:
             return self.config.num_kv_blocks
         memory = self.config.kv_cache_memory
         if memory is None and self.device.type == "cuda":
-            memory = int(torch.cuda.mem_get_info(self.device)[0] * _CUDA_KV_CACHE_FRACTION)
+            memory = self._profile_kv_cache_memory()
         memory = memory or DEFAULT_CPU_KV_CACHE_MEMORY
         num_blocks = memory // self.bytes_per_block
         if num_blocks < 1:
@@ -89,6 +108,26 @@ class ModelRunner:
                 f"({self.bytes_per_block} bytes each); raise it."
             )
         return num_blocks
+
+    def _profile_kv_cache_memory(self) -> int:
+        from pe_engine.cuda_memory import kv_cache_memory
+
+        memory = kv_cache_memory(
+            self.model,
+            self.backend,
+            gpu_memory_utilization=self.config.gpu_memory_utilization,
+            max_num_batched_tokens=self.config.max_num_batched_tokens,
+            max_num_seqs=self.config.max_num_seqs,
+            block_size=self.block_size,
+            device=self.device,
+        )
+        if memory < self.bytes_per_block:
+            raise ValueError(
+                f"gpu_memory_utilization={self.config.gpu_memory_utilization} leaves "
+                f"{memory} bytes for the KV cache after the weights and activations; raise it "
+                "or lower max_num_batched_tokens."
+            )
+        return memory
 
     def _allocate_kv_cache(self) -> torch.Tensor:
         a = self.model.args
@@ -100,6 +139,42 @@ class ModelRunner:
             layer.self_attn.kv_cache = layer_cache
         return kv_cache
 
+    # ---- CUDA graphs ---------------------------------------------------------------------------
+
+    def _capture_decode_graphs(self) -> DecodeGraphs | None:
+        """Decode CUDA graphs (CUDA, Triton backend, not ``enforce_eager``), else None."""
+        if self.device.type != "cuda" or self.config.enforce_eager:
+            return None
+        if isinstance(self.backend, TorchAttentionBackend):
+            return None  # the reference backend syncs with the host: not capturable
+        from pe_engine.cuda_graphs import DecodeGraphs
+
+        graphs = DecodeGraphs(
+            self.model,
+            self.backend,
+            max_num_seqs=self.config.max_num_seqs,
+            max_model_len=self.max_model_len,
+            block_size=self.block_size,
+            hidden_size=self.hidden_size,
+            dtype=self.dtype,
+            device=self.device,
+        )
+        graphs.capture()
+        return graphs
+
+    def _forward(self, batch: _Batch) -> torch.Tensor:
+        """The model on a batch: a CUDA-graph replay for decode-only text batches."""
+        graphs = self.decode_graphs
+        if graphs is not None and graphs.can_replay(batch.metadata, batch.inputs_embeds):
+            assert batch.input_ids is not None
+            return graphs.replay(batch.input_ids, batch.positions, batch.metadata)
+        return self.model(
+            batch.positions,
+            batch.metadata,
+            input_ids=batch.input_ids,
+            inputs_embeds=batch.inputs_embeds,
+        )
+
     # ---- execution ----------------------------------------------------------------------------
 
     def embed_tokens(self, token_ids: list[int]) -> torch.Tensor:
@@ -108,27 +183,52 @@ class ModelRunner:
             ids = self._to_device(token_ids, torch.long)
             return self.model.embed_tokens(ids).cpu()
 
-    @torch.inference_mode()
     def execute(self, scheduled: list[tuple[Sequence, int]]) -> list[SampleResult | None]:
         """Compute positions [num_computed, num_computed + n) of each sequence, write their KV,
         and sample a token for every sequence whose chunk reaches its last position."""
-        results: list[SampleResult | None] = [None] * len(scheduled)
+        return self.run(scheduled).samples
+
+    @torch.inference_mode()
+    def run(self, scheduled: list[tuple[Sequence, int]]) -> StepOutput:
+        """Like :meth:`execute`, plus the prompt logprobs of sequences that asked for them."""
+        output = StepOutput([None] * len(scheduled), [])
         if not scheduled:
-            return results
+            return output
         batch = self._prepare(scheduled)
-        hidden = self.model(
-            batch.positions,
-            batch.metadata,
-            input_ids=batch.input_ids,
-            inputs_embeds=batch.inputs_embeds,
-        )
+        hidden = self._forward(batch)
+        output.prompt_logprobs = self._prompt_logprobs(scheduled, batch, hidden)
         if batch.sample_rows is None:
-            return results
+            return output
         logits = self.model.compute_logits(hidden[batch.sample_rows])
         sampled = self.sampler(logits, [scheduled[i][0] for i in batch.sample_entries])
         for entry, result in zip(batch.sample_entries, sampled, strict=True):
-            results[entry] = result
-        return results
+            output.samples[entry] = result
+        return output
+
+    def _prompt_logprobs(
+        self, scheduled: list[tuple[Sequence, int]], batch: _Batch, hidden: torch.Tensor
+    ) -> list[tuple[int, int, SampleResult]]:
+        """Row ``p - 1`` predicts prompt position ``p``: defined where ``p`` holds a token id
+        (never position 0, never an embed position)."""
+        out: list[tuple[int, int, SampleResult]] = []
+        for entry, (seq, n) in enumerate(scheduled):
+            num_top = seq.sampling_params.prompt_logprobs
+            if num_top is None:
+                continue
+            start = seq.num_computed_tokens
+            targets = [
+                p
+                for p in range(start + 1, min(start + n, seq.num_prompt_tokens - 1) + 1)
+                if seq.is_token_ids is None or seq.is_token_ids[p]
+            ]
+            for first in range(0, len(targets), _PROMPT_LOGITS_ROWS):
+                positions = targets[first : first + _PROMPT_LOGITS_ROWS]
+                rows = [batch.entry_rows[entry] + p - 1 - start for p in positions]
+                logits = self.model.compute_logits(hidden[self._to_device(rows, torch.long)])
+                token_ids = [seq.token_ids[p] for p in positions]
+                results = prompt_logprobs(logits, token_ids, num_top)
+                out.extend((entry, p, r) for p, r in zip(positions, results, strict=True))
+        return out
 
     @torch.inference_mode()
     def execute_logits(self, scheduled: list[tuple[Sequence, int]]) -> list[torch.Tensor]:
@@ -256,9 +356,22 @@ class ModelRunner:
         if token_rows:
             ids = self._to_device([input_ids[i] for i in token_rows], torch.long)
             inputs_embeds[self._to_device(token_rows, torch.long)] = self.model.embed_tokens(ids)
-        user_rows = torch.cat(embeds).to(self.device, self.dtype, non_blocking=True)
+        user_rows = torch.cat(embeds)
+        if self.device.type == "cuda":  # one asynchronous copy per chunk, cast on the device
+            user_rows = user_rows.pin_memory().to(self.device, non_blocking=True)
+        user_rows = user_rows.to(self.dtype)
         inputs_embeds[self._to_device(embed_rows, torch.long)] = user_rows
         return None, inputs_embeds
+
+
+def _attention_backend(config: EngineConfig, device: torch.device) -> AttentionBackend:
+    """Triton kernels on CUDA (imported only then), the torch reference elsewhere."""
+    name = config.attention_backend
+    if name == "torch" or (name == "auto" and device.type != "cuda"):
+        return TorchAttentionBackend()
+    from pe_engine.triton_attention import TritonAttentionBackend
+
+    return TritonAttentionBackend()
 
 
 def _check_schedulable(seq: Sequence, n: int, block_size: int) -> None:
@@ -317,10 +430,23 @@ def _eos_token_ids(model_dir: Path, hf_config: Any) -> set[int]:
     return ids
 
 
-def _configure_threads(device: torch.device) -> None:
-    """Respect OMP_NUM_THREADS for the CPU kernels (torch may have been told otherwise)."""
+def _configure_threads(device: torch.device, num_threads: int | None) -> None:
+    """Set the CPU kernel threads: ``num_threads``, else OMP_NUM_THREADS, else every usable
+    core but one. The spare core keeps the Python side (scheduling, detokenizing, a server's
+    event loop) off the kernel threads: an OpenMP barrier waiting on a descheduled thread costs
+    far more than the extra core gains (on 2 cores, 1 thread decodes several times faster)."""
     if device.type != "cpu":
         return
-    requested = os.environ.get("OMP_NUM_THREADS", "")
-    if requested.isdigit() and int(requested) > 0:
-        torch.set_num_threads(int(requested))
+    if num_threads is None:
+        requested = os.environ.get("OMP_NUM_THREADS", "")
+        if requested.isdigit() and int(requested) > 0:
+            num_threads = int(requested)
+        else:
+            num_threads = max(1, _num_usable_cores() - 1)
+    torch.set_num_threads(num_threads)
+
+
+def _num_usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

@@ -24,7 +24,7 @@ class SampleResult:
     """The token sampled for one sequence and its log-probabilities (raw distribution)."""
 
     token_id: int
-    logprob: float
+    logprob: float | None  # None when the request neither reports nor ranks by logprobs
     top_logprobs: list[tuple[int, float]] | None = None  # best first, when logprobs requested
     rank: int | None = None  # rank of token_id (1 = most likely), when logprobs requested
 
@@ -138,24 +138,54 @@ class Sampler:
     def _results(
         self, logits: torch.Tensor, token_ids: torch.Tensor, seqs: Seq[Sequence]
     ) -> list[SampleResult]:
-        """Log-probabilities from the raw logits (no penalties, no temperature), as vLLM."""
-        log_normalizer = logits.logsumexp(dim=-1, keepdim=True)
-        token_logprobs = logits.gather(1, token_ids[:, None]) - log_normalizer
-        token_list, logprob_list = token_ids.tolist(), token_logprobs[:, 0].tolist()
-        results = [SampleResult(t, lp) for t, lp in zip(token_list, logprob_list, strict=True)]
-        rows = [i for i, s in enumerate(seqs) if s.sampling_params.logprobs is not None]
+        """Log-probabilities from the raw logits (no penalties, no temperature), as vLLM; only
+        for rows that report or rank by them (a plain greedy batch costs one argmax)."""
+        results = [SampleResult(t, None) for t in token_ids.tolist()]
+        rows = [i for i, s in enumerate(seqs) if _needs_logprob(s.sampling_params)]
         if not rows:
             return results
-        sub = logits[rows] - log_normalizer[rows]
-        ranks = ((sub > token_logprobs[rows]).sum(dim=-1) + 1).tolist()
-        num_top = max(seqs[i].sampling_params.logprobs or 0 for i in rows)
+        sub = logits[rows]
+        sub = sub - sub.logsumexp(dim=-1, keepdim=True)
+        token_logprobs = sub.gather(1, token_ids[rows][:, None])
+        for i, logprob in zip(rows, token_logprobs[:, 0].tolist(), strict=True):
+            results[i].logprob = logprob
+        top_rows = [j for j, i in enumerate(rows) if seqs[i].sampling_params.logprobs is not None]
+        if not top_rows:
+            return results
+        sub, token_logprobs = sub[top_rows], token_logprobs[top_rows]
+        ranks = ((sub > token_logprobs).sum(dim=-1) + 1).tolist()
+        num_top = max(seqs[rows[j]].sampling_params.logprobs or 0 for j in top_rows)
         top = sub.topk(min(num_top, sub.shape[1]), dim=-1)
         top_values, top_ids = top.values.tolist(), top.indices.tolist()
-        for j, i in enumerate(rows):
+        for k, j in enumerate(top_rows):
+            i = rows[j]
             n = seqs[i].sampling_params.logprobs or 0
-            results[i].rank = ranks[j]
-            results[i].top_logprobs = list(zip(top_ids[j][:n], top_values[j][:n], strict=True))
+            results[i].rank = ranks[k]
+            results[i].top_logprobs = list(zip(top_ids[k][:n], top_values[k][:n], strict=True))
         return results
+
+
+def prompt_logprobs(
+    logits: torch.Tensor, target_ids: list[int], num_top: int
+) -> list[SampleResult]:
+    """Raw log-probability, rank and top ``num_top`` of each row's ``target_ids`` entry (the
+    prompt token that row's position predicts)."""
+    logprobs = logits.log_softmax(dim=-1)
+    targets = torch.tensor(target_ids, device=logits.device)[:, None]
+    target_logprobs = logprobs.gather(1, targets)
+    ranks = ((logprobs > target_logprobs).sum(dim=-1) + 1).tolist()
+    top = logprobs.topk(min(num_top, logprobs.shape[1]), dim=-1)
+    top_values, top_ids = top.values.tolist(), top.indices.tolist()
+    return [
+        SampleResult(t, lp, list(zip(ids, values, strict=True)), rank)
+        for t, lp, ids, values, rank in zip(
+            target_ids, target_logprobs[:, 0].tolist(), top_ids, top_values, ranks, strict=True
+        )
+    ]
+
+
+def _needs_logprob(params: SamplingParams) -> bool:
+    return params.logprobs is not None or params.num_candidates > params.n
 
 
 def _needs_processing(seq: Sequence) -> bool:

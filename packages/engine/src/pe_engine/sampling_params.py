@@ -79,6 +79,11 @@ class SamplingParams:
             _require_int(token_id, "stop_token_ids", minimum=0)
 
     @property
+    def num_candidates(self) -> int:
+        """Sequences generated per request: ``best_of`` when given, else ``n``."""
+        return self.best_of or self.n
+
+    @property
     def is_greedy(self) -> bool:
         return self.temperature < _SAMPLING_EPS
 
