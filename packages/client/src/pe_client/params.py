@@ -45,6 +45,7 @@ class SamplingParams(TypedDict, total=False):
     stream_options: StreamOptions
     return_token_ids: bool
     echo: bool
+    prompt_logprobs: int
     add_special_tokens: bool
     truncate_prompt_tokens: int
     response_format: dict[str, Any]
@@ -56,7 +57,6 @@ class CompletionParams(SamplingParams, total=False):
 
     best_of: int
     logprobs: int
-    prompt_logprobs: int
     suffix: str
 
 

@@ -9,11 +9,13 @@ from pe_common.protocol import (
     ChatCompletionLogprobs,
     ChatCompletionTokenLogprob,
     CompletionLogprobs,
+    PromptLogprob,
+    PromptLogprobs,
     TopLogprob,
 )
 
 if TYPE_CHECKING:
-    from pe_engine.outputs import Logprob
+    from pe_engine.outputs import Logprob, RequestOutput
 
 # OpenAI's JSON stand-in for -inf.
 MIN_LOGPROB = -9999.0
@@ -36,23 +38,29 @@ def ranked(step: dict[int, Logprob]) -> list[tuple[int, Logprob]]:
 
 def completion_logprobs(
     token_ids: Sequence[int],
-    steps: Sequence[dict[int, Logprob]],
+    steps: Sequence[dict[int, Logprob] | None],
     num_top: int,
     tokenizer: Any,
     initial_offset: int = 0,
 ) -> CompletionLogprobs:
     """``tokens``, ``token_logprobs``, ``top_logprobs`` (the sampled token plus the top
-    ``num_top``, at most ``num_top + 1`` entries) and ``text_offset``."""
+    ``num_top``, at most ``num_top + 1`` entries) and ``text_offset``. A None step (an echoed
+    prompt's first token) has a null logprob and null top entries, as in vLLM."""
     tokens: list[str] = []
     token_logprobs: list[float | None] = []
     top_logprobs: list[dict[str, float] | None] = []
     text_offset: list[int] = []
     offset = initial_offset
     for token_id, step in zip(token_ids, steps, strict=True):
-        sampled = step.get(token_id)
+        sampled = None if step is None else step.get(token_id)
         text = token_text(token_id, sampled, tokenizer)
         tokens.append(text)
         token_logprobs.append(clamp(sampled.logprob) if sampled is not None else None)
+        text_offset.append(offset)
+        offset += len(text)
+        if step is None:
+            top_logprobs.append(None)
+            continue
         top: dict[str, float] = {}
         if sampled is not None:
             top[text] = clamp(sampled.logprob)
@@ -61,8 +69,6 @@ def completion_logprobs(
                 break
             top.setdefault(token_text(tid, lp, tokenizer), clamp(lp.logprob))
         top_logprobs.append(top)
-        text_offset.append(offset)
-        offset += len(text)
     return CompletionLogprobs(
         text_offset=text_offset,
         token_logprobs=token_logprobs,
@@ -99,3 +105,21 @@ def chat_logprobs(
             )
         )
     return ChatCompletionLogprobs(content=content)
+
+
+def wire_prompt_logprobs(output: RequestOutput) -> PromptLogprobs | None:
+    """vLLM's ``prompt_logprobs``: per prompt position the prompt token and the top entries,
+    keyed by token id; None at the first position and at embedding rows."""
+    if output.prompt_logprobs is None:
+        return None
+    return [
+        None
+        if step is None
+        else {
+            token_id: PromptLogprob(
+                logprob=clamp(lp.logprob), rank=lp.rank, decoded_token=lp.decoded_token
+            )
+            for token_id, lp in step.items()
+        }
+        for step in output.prompt_logprobs
+    ]

@@ -24,18 +24,18 @@ def build_sampling_params(
     *,
     max_tokens: int | None,
     logprobs: int | None,
+    prompt_logprobs: int | None = None,
 ) -> SamplingParams:
     """The SamplingParams of a completions or chat request (vLLM's names and defaults)."""
     from pe_engine.sampling_params import SamplingParams
 
-    if getattr(req, "best_of", None) not in (None, req.n):
-        raise unsupported("best_of is not supported (it must equal n when given).", "best_of")
     if req.logit_bias:
         raise unsupported("logit_bias is not supported.", "logit_bias")
     if req.truncate_prompt_tokens is not None:
         raise unsupported("truncate_prompt_tokens is not supported.", "truncate_prompt_tokens")
     kwargs: dict[str, Any] = {
         "n": req.n,
+        "best_of": getattr(req, "best_of", None),
         "temperature": 1.0 if req.temperature is None else req.temperature,
         "top_p": 1.0 if req.top_p is None else req.top_p,
         "top_k": 0 if req.top_k in (None, -1) else req.top_k,
@@ -50,6 +50,7 @@ def build_sampling_params(
         "stop_token_ids": list(req.stop_token_ids or []),
         "ignore_eos": req.ignore_eos,
         "logprobs": logprobs,
+        "prompt_logprobs": prompt_logprobs,
         "skip_special_tokens": req.skip_special_tokens,
         "include_stop_str_in_output": req.include_stop_str_in_output,
     }

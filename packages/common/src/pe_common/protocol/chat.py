@@ -54,6 +54,7 @@ class _ChatFields(RequestStruct, kw_only=True):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     echo: bool = False
+    prompt_logprobs: int | None = None
     add_special_tokens: bool = False
     truncate_prompt_tokens: int | None = None
 

@@ -56,6 +56,7 @@ def validate_chat_request(
     _check_max_tokens(req.max_completion_tokens, "max_completion_tokens", limits)
     _check_min_tokens(req.min_tokens, req.effective_max_tokens, limits)
     _check_optional_int(req.top_logprobs, "top_logprobs", 0, limits.max_logprobs)
+    _check_optional_int(req.prompt_logprobs, "prompt_logprobs", 0, limits.max_logprobs)
     if req.top_logprobs and not req.logprobs:
         raise _error("when using `top_logprobs`, `logprobs` must be set to true.", "top_logprobs")
     if req.continue_final_message and req.add_generation_prompt:

@@ -65,7 +65,8 @@ class Backend(Protocol):
     info: ModelInfo
     tokenizer: Any
     chat_builder: Any
-    supports_prompt_logprobs: bool
+    supports_prompt_logprobs: bool  # prompt_logprobs, and echo with logprobs
+    supports_best_of: bool  # best_of > n
 
     @property
     def is_healthy(self) -> bool: ...

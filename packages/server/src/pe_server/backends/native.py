@@ -36,7 +36,8 @@ class NativeBackend:
     """:class:`~pe_server.backends.base.Backend` on ``pe_engine.AsyncEngine``."""
 
     name = "native"
-    supports_prompt_logprobs = False
+    supports_prompt_logprobs = True
+    supports_best_of = True
 
     def __init__(self, config: ServerConfig) -> None:
         self._config = config

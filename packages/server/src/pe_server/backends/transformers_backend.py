@@ -33,6 +33,7 @@ class TransformersBackend:
 
     name = "transformers"
     supports_prompt_logprobs = False
+    supports_best_of = False
 
     def __init__(self, config: ServerConfig) -> None:
         self._config = config

@@ -22,7 +22,7 @@ from pe_common.protocol import (
 )
 from pe_server.errors import APIError
 from pe_server.generation import Generation
-from pe_server.logprobs import chat_logprobs
+from pe_server.logprobs import chat_logprobs, wire_prompt_logprobs
 from pe_server.negotiation import struct_response
 from pe_server.request_builder import ChatOptions, PromptBuilder, check_context
 from pe_server.routes.chat_messages import ChatInput, collect_chat_input
@@ -80,9 +80,12 @@ async def prepare(state: ServerState, req: ChatCompletionRequest, request_id: st
         raise APIError.bad_request(
             "echo is not supported for chat completions.", code="unsupported", param="echo"
         )
+    check_prompt_logprobs(state, req)
     max_tokens = req.effective_max_tokens
     logprobs = requested_logprobs(req)
-    params = build_sampling_params(req, max_tokens=max_tokens, logprobs=logprobs)
+    params = build_sampling_params(
+        req, max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=req.prompt_logprobs
+    )
     builder.precheck_embeds(chat.payloads, max_tokens)
     tensors = await builder.decode_embeds(chat.payloads)
     prompt = await builder.chat_prompt(
@@ -94,6 +97,23 @@ async def prepare(state: ServerState, req: ChatCompletionRequest, request_id: st
     if max_tokens is None:
         params = dataclasses.replace(params, max_tokens=max_model_len - prompt.num_tokens)
     return ChatJob(req, model, f"chatcmpl-{request_id}", prompt, params)
+
+
+def check_prompt_logprobs(state: ServerState, req: ChatCompletionRequest) -> None:
+    if req.prompt_logprobs is None:
+        return
+    if req.stream:
+        raise APIError.bad_request(
+            "`prompt_logprobs` are not available when `stream=True`.",
+            code="invalid_parameter",
+            param="prompt_logprobs",
+        )
+    if not state.backend.supports_prompt_logprobs:
+        raise APIError.bad_request(
+            f"prompt_logprobs is not supported by the {state.backend.name} backend.",
+            code="unsupported",
+            param="prompt_logprobs",
+        )
 
 
 def chat_response(state: ServerState, job: ChatJob, final: RequestOutput) -> ChatCompletionResponse:
@@ -120,6 +140,9 @@ def chat_response(state: ServerState, job: ChatJob, final: RequestOutput) -> Cha
         choices=choices,
         usage=make_usage([final]),
         prompt_token_ids=prompt_ids(job) if job.req.return_token_ids else None,
+        prompt_logprobs=wire_prompt_logprobs(final)
+        if job.req.prompt_logprobs is not None
+        else None,
     )
 
 

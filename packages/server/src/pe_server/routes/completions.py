@@ -11,6 +11,7 @@ from aiohttp import web
 
 from pe_common.protocol import (
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
     CompletionStreamResponse,
@@ -19,7 +20,7 @@ from pe_common.protocol import (
 )
 from pe_server.errors import APIError
 from pe_server.generation import Generation
-from pe_server.logprobs import completion_logprobs
+from pe_server.logprobs import completion_logprobs, wire_prompt_logprobs
 from pe_server.negotiation import struct_response
 from pe_server.request_builder import PromptBuilder, check_context
 from pe_server.routes.intake import check_model, decode_body
@@ -29,7 +30,9 @@ from pe_server.sampling import build_sampling_params
 from pe_server.state import GENERATION, REQUEST_ID, STATE, ServerState
 
 if TYPE_CHECKING:
-    from pe_engine.outputs import CompletionOutput, RequestOutput
+    from collections.abc import Sequence
+
+    from pe_engine.outputs import CompletionOutput, Logprob, RequestOutput
     from pe_engine.prompt import Prompt
     from pe_engine.sampling_params import SamplingParams
 
@@ -73,9 +76,11 @@ async def prepare(state: ServerState, req: CompletionRequest, request_id: str) -
     embeds = list(req.prompt_embeds or [])
     builder.check_embeds_allowed(len(embeds))
     texts = list(req.prompt or [])
-    check_unsupported(req, has_embeds=bool(embeds))
+    check_unsupported(req, state, has_embeds=bool(embeds))
     max_tokens = req.max_tokens  # None: up to the context length, as in vLLM
-    params = build_sampling_params(req, max_tokens=max_tokens, logprobs=req.logprobs)
+    params = build_sampling_params(
+        req, max_tokens=max_tokens, logprobs=req.logprobs, prompt_logprobs=prompt_logprobs(req)
+    )
     builder.precheck_embeds(embeds, max_tokens)
     tensors = await builder.decode_embeds(embeds)
     text_prompts = await builder.text_prompts(texts, req.add_special_tokens)
@@ -92,8 +97,8 @@ async def prepare(state: ServerState, req: CompletionRequest, request_id: str) -
     return CompletionJob(req, model, f"cmpl-{request_id}", prompts, params, prompt_params)
 
 
-def check_unsupported(req: CompletionRequest, *, has_embeds: bool) -> None:
-    """vLLM's refusals for embeds, and what this server does not do."""
+def check_unsupported(req: CompletionRequest, state: ServerState, *, has_embeds: bool) -> None:
+    """vLLM's refusals for embeds and streams, and what the backend does not do."""
     if has_embeds and req.suffix is not None:
         raise APIError.bad_request(
             "suffix is not supported with prompt_embeds", code="unsupported", param="suffix"
@@ -108,12 +113,43 @@ def check_unsupported(req: CompletionRequest, *, has_embeds: bool) -> None:
         raise APIError.bad_request(
             "suffix is not currently supported", code="unsupported", param="suffix"
         )
-    if req.prompt_logprobs is not None or (req.echo and req.logprobs is not None):
+    if req.stream and req.prompt_logprobs is not None:
         raise APIError.bad_request(
-            "prompt_logprobs (and echo with logprobs) are not supported by this server yet.",
+            "`prompt_logprobs` are not available when `stream=True`.",
+            code="invalid_parameter",
+            param="prompt_logprobs",
+        )
+    backend = state.backend
+    if prompt_logprobs(req) is not None and not backend.supports_prompt_logprobs:
+        raise APIError.bad_request(
+            f"prompt_logprobs (and echo with logprobs) are not supported by the {backend.name} "
+            "backend.",
             code="unsupported",
             param="prompt_logprobs" if req.prompt_logprobs is not None else "echo",
         )
+    if req.best_of is not None and req.best_of > req.n:
+        if req.stream:
+            raise APIError.bad_request(
+                "best_of > n cannot be streamed: the best choices are known only at the end.",
+                code="invalid_parameter",
+                param="best_of",
+            )
+        if not backend.supports_best_of:
+            raise APIError.bad_request(
+                f"best_of > n is not supported by the {backend.name} backend.",
+                code="unsupported_parameter",
+                param="best_of",
+            )
+
+
+def prompt_logprobs(req: CompletionRequest) -> int | None:
+    """Top entries per prompt position the engine computes: ``prompt_logprobs``, else
+    ``logprobs`` when echoing (the echoed prompt tokens carry logprobs, as in vLLM)."""
+    if req.prompt_logprobs is not None:
+        return req.prompt_logprobs
+    if req.echo and req.logprobs is not None:
+        return req.logprobs
+    return None
 
 
 def completion_response(
@@ -122,7 +158,7 @@ def completion_response(
     choices = []
     for i, (prompt, final) in enumerate(zip(job.prompts, finals, strict=True)):
         for out in final.outputs:
-            choices.append(make_choice(state, job, i, prompt, out))
+            choices.append(make_choice(state, job, i, prompt, final, out))
     choices.sort(key=lambda c: c.index)
     return CompletionResponse(
         id=job.response_id,
@@ -142,23 +178,51 @@ def echo_text(job: CompletionJob, prompt: Prompt, tokenizer: Any) -> str:
 
 
 def make_choice(
-    state: ServerState, job: CompletionJob, prompt_index: int, prompt: Prompt, out: CompletionOutput
+    state: ServerState,
+    job: CompletionJob,
+    prompt_index: int,
+    prompt: Prompt,
+    final: RequestOutput,
+    out: CompletionOutput,
 ) -> CompletionChoice:
     tokenizer = state.backend.tokenizer
     prefix = echo_text(job, prompt, tokenizer)
-    logprobs = None
-    if job.params.logprobs is not None and out.logprobs is not None:
-        logprobs = completion_logprobs(
-            out.token_ids, out.logprobs, job.params.logprobs, tokenizer, len(prefix)
-        )
     return CompletionChoice(
         index=job.choice_index(prompt_index, out.index),
         text=prefix + out.text,
-        logprobs=logprobs,
+        logprobs=choice_logprobs(job, prompt, final, out.token_ids, out.logprobs, tokenizer, 0),
         finish_reason=out.finish_reason,
         stop_reason=out.stop_reason,
         token_ids=list(out.token_ids) if job.req.return_token_ids else None,
         prompt_token_ids=prompt_token_ids(prompt) if job.req.return_token_ids else None,
+        prompt_logprobs=wire_prompt_logprobs(final)
+        if job.req.prompt_logprobs is not None
+        else None,
+    )
+
+
+def choice_logprobs(
+    job: CompletionJob,
+    prompt: Prompt,
+    final: RequestOutput | None,
+    token_ids: Sequence[int],
+    steps: Sequence[dict[int, Logprob]] | None,
+    tokenizer: Any,
+    num_chars: int,
+) -> CompletionLogprobs | None:
+    """The choice's ``logprobs`` for ``token_ids`` (generated after ``num_chars`` characters);
+    echoing, ``final`` is given: the prompt's tokens come first, the first one without logprobs
+    (vLLM's layout; offsets then count from the start of the prompt)."""
+    if job.params.logprobs is None or steps is None:
+        return None
+    if not (job.req.echo and final is not None):
+        prefix = echo_text(job, prompt, tokenizer)
+        return completion_logprobs(
+            token_ids, steps, job.params.logprobs, tokenizer, len(prefix) + num_chars
+        )
+    prompt_steps = final.prompt_logprobs or [None] * prompt.num_tokens
+    return completion_logprobs(
+        [*prompt.token_ids, *token_ids], [*prompt_steps, *steps], job.params.logprobs, tokenizer
     )
 
 
@@ -180,7 +244,7 @@ async def stream_completion(
         async for i, output in session.outputs(gen):
             finals[i] = output
             for out in output.outputs:
-                chunk = stream_chunk(state, job, i, out, sent)
+                chunk = stream_chunk(state, job, i, output, out, sent)
                 if chunk is not None:
                     await session.send(encode_json(chunk))
         if session.is_ok and include_usage:
@@ -203,6 +267,7 @@ def stream_chunk(
     state: ServerState,
     job: CompletionJob,
     prompt_index: int,
+    output: RequestOutput,
     out: CompletionOutput,
     sent: dict[tuple[int, int], tuple[int, int]],
 ) -> CompletionStreamResponse | None:
@@ -220,11 +285,15 @@ def stream_chunk(
     prompt = job.prompts[prompt_index]
     tokenizer = state.backend.tokenizer
     prefix = echo_text(job, prompt, tokenizer) if is_first else ""
-    logprobs = None
-    if job.params.logprobs is not None and out.logprobs is not None:
-        logprobs = completion_logprobs(
-            new_ids, out.logprobs[num_tokens:], job.params.logprobs, tokenizer, num_chars
-        )
+    logprobs = choice_logprobs(
+        job,
+        prompt,
+        output if is_first else None,
+        new_ids,
+        None if out.logprobs is None else out.logprobs[num_tokens:],
+        tokenizer,
+        num_chars,
+    )
     sent[key] = (-1, -1) if finished else (len(out.text), len(out.token_ids))
     choice = CompletionChoice(
         index=job.choice_index(prompt_index, out.index),
