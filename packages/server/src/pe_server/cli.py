@@ -2,6 +2,10 @@
 
 Flags keep vLLM's names where vLLM has them; every flag can also come from ``PE_<NAME>``
 (e.g. ``PE_API_KEY``, ``PE_MAX_MODEL_LEN``), and a flag given on the command line wins.
+
+With ``--backend vllm``, flags pe does not know are vLLM engine arguments and go to vLLM as
+given (``--tensor-parallel-size 2 --distributed-executor-backend ray``); write them after the
+model. ``PE_VLLM_ARGS`` holds the same as one shell-quoted string.
 """
 
 from __future__ import annotations
@@ -18,7 +22,12 @@ from pydantic import ValidationError
 from pe_server.backends import BackendUnavailableError, check_available
 from pe_server.config import ServerConfig
 
-EPILOG = "Every flag can also be set as an environment variable PE_<FLAG> (e.g. PE_API_KEY)."
+EPILOG = (
+    "Every flag can also be set as an environment variable PE_<FLAG> (e.g. PE_API_KEY). "
+    "With --backend vllm, other flags (after the model) are vLLM engine arguments, passed "
+    "through as given: --tensor-parallel-size, --pipeline-parallel-size, "
+    "--distributed-executor-backend ray, ..."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,8 +58,14 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     model = p.add_argument_group("model and engine")
     model.add_argument("--served-model-name", nargs="+", help="name(s) clients use in `model`")
     model.add_argument(
-        "--backend", choices=("native", "transformers", "vllm"), help="inference backend"
+        "--backend",
+        choices=("native", "transformers", "vllm", "vllm-remote"),
+        help="inference backend",
     )
+    model.add_argument(
+        "--upstream", help="vllm-remote: URL of a `vllm serve --enable-prompt-embeds` server"
+    )
+    model.add_argument("--upstream-api-key", help="vllm-remote: API key of the upstream")
     model.add_argument(
         "--enable-prompt-embeds",
         action="store_true",
@@ -91,8 +106,10 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
 
 
-def config_from_args(args: argparse.Namespace) -> ServerConfig:
+def config_from_args(args: argparse.Namespace, vllm_args: Sequence[str] = ()) -> ServerConfig:
     values = {k: v for k, v in vars(args).items() if k != "command"}
+    if vllm_args:
+        values["vllm_args"] = tuple(vllm_args)
     return ServerConfig.from_sources(values, os.environ)
 
 
@@ -106,9 +123,9 @@ def setup_logging(level: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, vllm_args = build_parser().parse_known_args(argv)
     try:
-        config = config_from_args(args)
+        config = config_from_args(args, vllm_args)
     except ValidationError as exc:
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or "config"

