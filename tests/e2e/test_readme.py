@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pe_server.cli import build_parser
+from pe_server.cli import build_parser, config_from_args
 
 pytestmark = pytest.mark.slow
 
@@ -91,8 +91,11 @@ def test_tox_envs_named_in_the_readme_exist() -> None:
 
 @pytest.mark.parametrize("command", serve_commands())
 def test_server_commands_parse(command: str) -> None:
-    args = build_parser().parse_args(shlex.split(command)[1:])
+    """Each command's flags parse and make a valid config, as ``pe-server`` itself checks them
+    (flags after the model that pe does not know are vLLM's, with ``--backend vllm``)."""
+    args, vllm_args = build_parser().parse_known_args(shlex.split(command)[1:])
     assert args.command == "serve"
+    config_from_args(args, vllm_args)
 
 
 @pytest.mark.parametrize(

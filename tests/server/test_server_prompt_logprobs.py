@@ -14,7 +14,8 @@ import pytest
 import torch
 from server_harness import ServerProcess
 
-from conftest import MODEL
+from conftest import MODEL, Embedder
+from pe_common.codec import encode_prompt_embeds
 
 TEXT = "The quick brown fox jumps over the lazy dog"
 
@@ -124,6 +125,25 @@ def test_chat_prompt_logprobs_on_the_response(server: ServerProcess) -> None:
     assert entries[0] is None
     assert len(entries) == data["usage"]["prompt_tokens"]
     assert all(len(e) == 1 for e in entries[1:])  # prompt_logprobs=0: the prompt token only
+
+
+def test_chat_prompt_logprobs_with_an_embeds_part(
+    server: ServerProcess, embedder: Embedder
+) -> None:
+    """Where vLLM refuses, pe answers: null at the embedding rows, values elsewhere."""
+    rows = embedder("soft prompt rows")
+    content = [
+        {"type": "text", "text": "Summarise:"},
+        {"type": "prompt_embeds", "data": encode_prompt_embeds(rows, "safetensors")},
+    ]
+    body = {"messages": [{"role": "user", "content": content}], "max_tokens": 2, "temperature": 0}
+    r = post(server, "chat/completions", {**body, "prompt_logprobs": 1})
+    assert r.status_code == 200, r.text
+    entries = r.json()["prompt_logprobs"]
+    assert len(entries) == r.json()["usage"]["prompt_tokens"]
+    assert sum(e is None for e in entries) == len(rows) + 1  # the embeds and position 0
+    plain = post(server, "chat/completions", body).json()
+    assert plain["choices"][0]["message"] == r.json()["choices"][0]["message"]
 
 
 def test_prompt_logprobs_refusals(server: ServerProcess) -> None:
