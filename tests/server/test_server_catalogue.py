@@ -15,13 +15,12 @@ Where each row is tested:
   45 mid-stream / mid-upload            test_server_operations.py; while queued:
                                         test_server_overload.py
   46 slow reader, 47 engine fault       test_server_lifecycle.py
-  2, 5, 6, 18-23, 29-42                 here
+  2, 5, 6, 18-23, 29-42                 here (5 and 10 also: test_server_quota_and_heads.py)
 Rows that do not apply to pe, or apply differently:
-  5   Slowloris: aiohttp has no header-read timeout and pe adds none; closing such connections
-      is the reverse proxy's job (DESIGN/security §7). What pe owes is tested here: a trickled
-      header runs no handler and takes no admission slot, and other clients are served.
-  10  Per-key quotas (429): pe has no per-key quota, only server-wide admission (503), so no
-      request can get 429.
+  5   Slowloris: the cut-off at --header-read-timeout is tested in
+      test_server_quota_and_heads.py; here, on the main server, that a trickled header runs no
+      handler and takes no admission slot, and other clients are served meanwhile.
+  10  Per-key quotas (429, --max-requests-per-key): test_server_quota_and_heads.py.
   29  Extreme finite magnitudes: pe has no per-model |x| bound (the knob is off), so the
       catalogue's "else 200" applies: 1e4 values are served.
   36, 37 (requires_grad), 41 (location): DESIGN §3 accepts these for vLLM-client compatibility

@@ -26,7 +26,11 @@ def create_app(config: ServerConfig, backend: Backend | None = None) -> web.Appl
         config=config,
         backend=backend if backend is not None else make_backend(config),
         metrics=ServerMetrics(),
-        admission=Admission(config.max_concurrent_requests, config.max_bytes_in_flight),
+        admission=Admission(
+            config.max_concurrent_requests,
+            config.max_bytes_in_flight,
+            config.max_requests_per_key,
+        ),
         auth=ApiKeyAuth(key.get_secret_value() for key in config.api_key),
         limits=RequestLimits(
             max_n=config.max_n,

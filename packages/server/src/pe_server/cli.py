@@ -90,12 +90,20 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         "--max-embeds-bytes", help="decoded prompt-embeds bytes per request (e.g. 256MiB)"
     )
     limits.add_argument("--max-concurrent-requests", type=int)
+    limits.add_argument(
+        "--max-requests-per-key",
+        type=int,
+        help="concurrent requests per API key (per client address without keys); over: 429",
+    )
     limits.add_argument("--max-bytes-in-flight", help="admission budget (e.g. 4GiB)")
     limits.add_argument("--max-prompts", type=int, help="prompts per completions request")
     limits.add_argument("--max-content-parts", type=int, help="content parts per chat request")
     limits.add_argument("--max-n", type=int)
     limits.add_argument("--max-logprobs", type=int)
     timing = p.add_argument_group("timeouts")
+    timing.add_argument(
+        "--header-read-timeout", type=float, help="seconds to receive a request's head"
+    )
     timing.add_argument("--body-read-timeout", type=float, help="base seconds to read a body")
     timing.add_argument(
         "--stream-write-timeout", type=float, help="seconds a stream write may block"

@@ -82,12 +82,17 @@ class ServerConfig(BaseModel):
     # Request limits.
     max_embeds_bytes: int = Field(256 * MiB, ge=1)
     max_concurrent_requests: int = Field(128, ge=1)
+    # Concurrent requests one API key (or, without keys, one client address) may hold; None: no
+    # quota. Beyond it: 429 with Retry-After.
+    max_requests_per_key: int | None = Field(None, ge=1)
     max_bytes_in_flight: int = Field(4 * GiB, ge=1)
     max_prompts: int = Field(1024, ge=1)
     max_content_parts: int = Field(256, ge=1)
     max_n: int = Field(128, ge=1)
     max_logprobs: int = Field(20, ge=0)
     # Timeouts.
+    # Seconds a connection may take to send a request's head (slowloris).
+    header_read_timeout: float = Field(10.0, gt=0)
     body_read_timeout: float = Field(10.0, gt=0)
     stream_write_timeout: float = Field(30.0, gt=0)
     drain_timeout: float = Field(30.0, ge=0)

@@ -136,6 +136,15 @@ class APIError(Exception):
         )
 
     @classmethod
+    def rate_limited(cls, retry_after: int) -> APIError:
+        return cls(
+            429,
+            "Too many concurrent requests for this API key; retry later.",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    @classmethod
     def draining(cls, retry_after: int) -> APIError:
         return cls(
             503,

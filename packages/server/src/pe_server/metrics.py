@@ -93,7 +93,7 @@ class ServerMetrics:
             "pe_request_aborts", "Engine requests aborted, by reason.", ["reason"], registry=r
         )
         self.rejections = Counter(
-            "pe_admission_rejections", "Requests refused with 503 by admission control.",
+            "pe_admission_rejections", "Requests refused by admission control (503, 429: quota), and connections closed for a slow request head (header_timeout).",
             ["reason"], registry=r,
         )  # fmt: skip
 

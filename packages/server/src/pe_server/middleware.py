@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import SystemRoute
 
 from pe_common.errors import PEValidationError
+from pe_server.auth import digest
 from pe_server.config import BYTES_IN_FLIGHT_FACTOR, SMALL_BODY_BYTES
 from pe_server.errors import APIError, error_response, from_http_exception
 from pe_server.state import BODY_KIND, BODY_LIMIT, REQUEST_ID, STATE, STREAM, policy_of
@@ -158,9 +159,13 @@ async def admission_middleware(request: web.Request, handler: Handler) -> web.St
     if policy.is_generation and not state.backend.is_healthy:
         state.metrics.rejections.labels("engine_unavailable").inc()
         raise APIError.engine_unavailable(retry_after)
+    tenant = tenant_of(request, state.auth.is_enabled)
+    if state.admission.is_over_quota(tenant):
+        state.metrics.rejections.labels("quota").inc()
+        raise APIError.rate_limited(retry_after)
     declared = request.content_length
     body_bytes = declared if declared is not None else request.get(BODY_LIMIT, SMALL_BODY_BYTES)
-    ticket = state.admission.try_acquire(BYTES_IN_FLIGHT_FACTOR * body_bytes)
+    ticket = state.admission.try_acquire(BYTES_IN_FLIGHT_FACTOR * body_bytes, tenant)
     if ticket is None:
         state.metrics.rejections.labels("capacity").inc()
         raise APIError.overloaded(retry_after)
@@ -168,6 +173,14 @@ async def admission_middleware(request: web.Request, handler: Handler) -> web.St
         return await handler(request)
     finally:
         state.admission.release(ticket)
+
+
+def tenant_of(request: web.Request, by_key: bool) -> str:
+    """Whose quota a request counts against: a digest of its (already checked) API key, or
+    its peer address on a keyless server. Never the raw key: the table is kept in memory."""
+    if by_key:
+        return digest(request.headers.get("Authorization", "")).hex()[:32]
+    return request.remote or ""
 
 
 MIDDLEWARES = (

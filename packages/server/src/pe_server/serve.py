@@ -11,6 +11,7 @@ from aiohttp import web
 
 from pe_server.app import create_app
 from pe_server.config import ServerConfig
+from pe_server.header_timeout import guard_connections
 from pe_server.state import STATE, ServerState
 
 log = logging.getLogger("pe_server")
@@ -30,6 +31,12 @@ async def serve(config: ServerConfig) -> int:
         shutdown_timeout=SHUTDOWN_GRACE_S,
     )
     await runner.setup()  # starts the backend: loads the model
+    state = app[STATE]
+    guard_connections(
+        runner,
+        config.header_read_timeout,
+        lambda: state.metrics.rejections.labels("header_timeout").inc(),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
