@@ -9,9 +9,18 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     import torch
 
-    from pe_engine.outputs import RequestOutput
+    from pe_engine.outputs import CompletionOutput, RequestOutput
     from pe_engine.prompt import Prompt
     from pe_engine.sampling_params import SamplingParams
+
+
+def snapshot(out: CompletionOutput) -> CompletionOutput:
+    """A copy of a branch's output that later appends to the original do not change (backends
+    that build outputs incrementally yield snapshots: the protocol's outputs are cumulative)."""
+    from dataclasses import replace
+
+    logprobs = None if out.logprobs is None else list(out.logprobs)
+    return replace(out, token_ids=list(out.token_ids), logprobs=logprobs)
 
 
 class EngineDeadError(RuntimeError):

@@ -20,7 +20,7 @@ import torch
 from pe_engine.outputs import CompletionOutput, Logprob, RequestOutput
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams
-from pe_server.backends.base import BackendStats, EngineDeadError, ModelInfo
+from pe_server.backends.base import BackendStats, EngineDeadError, ModelInfo, snapshot
 from pe_server.backends.reference_sampling import StepSampler
 from pe_server.config import ServerConfig
 
@@ -257,22 +257,10 @@ class ReferenceRun:
                 request_id=self.request_id,
                 prompt=self.prompt.text,
                 prompt_token_ids=list(self.prompt.token_ids),
-                outputs=[clone_output(o) for o in self.outputs],
+                outputs=[snapshot(o) for o in self.outputs],
                 finished=finished,
                 metrics=None,
                 num_prompt_tokens=len(self.prompt.token_ids),
                 num_cached_tokens=0,
             )
         )
-
-
-def clone_output(out: CompletionOutput) -> CompletionOutput:
-    return CompletionOutput(
-        index=out.index,
-        text=out.text,
-        token_ids=list(out.token_ids),
-        cumulative_logprob=out.cumulative_logprob,
-        logprobs=None if out.logprobs is None else list(out.logprobs),
-        finish_reason=out.finish_reason,
-        stop_reason=out.stop_reason,
-    )

@@ -24,7 +24,7 @@ from pe_engine.outputs import CompletionOutput, Logprob, RequestOutput
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams
 from pe_server.backends import BackendUnavailableError
-from pe_server.backends.base import BackendStats, EngineDeadError, ModelInfo
+from pe_server.backends.base import BackendStats, EngineDeadError, ModelInfo, snapshot
 from pe_server.backends.embedding_table import EmbeddingTable
 from pe_server.backends.hf_model import load_model_files
 from pe_server.backends.vllm_limits import check_vllm_request
@@ -256,7 +256,7 @@ class StreamMerger:
             request_id=self.request_id,
             prompt=self.prompt.text,
             prompt_token_ids=None if self.prompt.is_pure_embeds else list(self.prompt.token_ids),
-            outputs=[clone(out) for out in self.outputs],
+            outputs=[snapshot(out) for out in self.outputs],
             finished=self.finished,
             metrics=None,
             num_prompt_tokens=self.prompt.num_tokens,
@@ -300,18 +300,6 @@ def parse_token_id(token: str) -> int:
     if not token.startswith(TOKEN_ID_PREFIX):
         raise upstream_unavailable("the upstream did not return token ids in its logprobs")
     return int(token[len(TOKEN_ID_PREFIX) :])
-
-
-def clone(out: CompletionOutput) -> CompletionOutput:
-    return CompletionOutput(
-        index=out.index,
-        text=out.text,
-        token_ids=list(out.token_ids),
-        cumulative_logprob=out.cumulative_logprob,
-        logprobs=None if out.logprobs is None else list(out.logprobs),
-        finish_reason=out.finish_reason,
-        stop_reason=out.stop_reason,
-    )
 
 
 def upstream_error(status: int, body: bytes) -> APIError:
