@@ -248,9 +248,9 @@ def worker_main(spec_path: str, result_path: str) -> None:
 
 
 def default_threads() -> int:
-    """pe's own default (every usable core but one), given to transformers too."""
+    """pe's own default (every usable core), given to transformers too."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) - 1)
+    return max(1, cores or 1)
 
 
 def build_model(shape: str, cache: Path) -> Path:
@@ -376,8 +376,13 @@ def print_table(rows: list[Row]) -> None:
         )
 
 
-def plot(rows: list[Row], title: str, path: Path) -> None:
-    import matplotlib
+def plot(rows: list[Row], title: str, path: Path) -> bool:
+    """A bar chart per metric; False (and no file) without matplotlib (tox -e bench has it)."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -402,6 +407,7 @@ def plot(rows: list[Row], title: str, path: Path) -> None:
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    return True
 
 
 def parse_args() -> argparse.Namespace:
@@ -463,9 +469,9 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     title = f"{args.model}, {json.dumps(asdict(workload))}, {result['machine']}"
-    plot(rows, title, out.with_suffix(".png"))
+    plotted = plot(rows, title, out.with_suffix(".png"))
     print(json.dumps(summary, indent=2))
-    print(f"wrote {out} and {out.with_suffix('.png')}")
+    print(f"wrote {out}" + (f" and {out.with_suffix('.png')}" if plotted else ""))
 
 
 if __name__ == "__main__":

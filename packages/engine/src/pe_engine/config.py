@@ -55,7 +55,10 @@ class EngineConfig(BaseModel):
     # "auto": Triton kernels on CUDA, the torch reference on CPU ("triton" on CPU needs
     # TRITON_INTERPRET=1: the kernel tests use it).
     attention_backend: Literal["auto", "torch", "triton"] = "auto"
-    # CPU kernel threads; None: OMP_NUM_THREADS when set, else all usable cores but one.
+    # CPU float32 linears: "onednn" (weights reordered once; 2-3x faster than the BLAS on
+    # this project's AMD CPU), "torch" (F.linear), "auto" (oneDNN when this torch has it).
+    cpu_linear: Literal["auto", "torch", "onednn"] = "auto"
+    # CPU kernel threads; None: OMP_NUM_THREADS when set, else every usable core.
     num_threads: int | None = Field(None, ge=1)
 
     @cached_property

@@ -79,6 +79,7 @@ class ModelRunner:
         args = self.model.args
         self.hidden_size = args.hidden_size
         self.vocab_size = args.vocab_size
+        self._pack_cpu_linears()
         self.num_kv_blocks = self._num_kv_blocks()
         self.kv_cache = self._allocate_kv_cache()
         self.decode_graphs = self._capture_decode_graphs()
@@ -128,6 +129,22 @@ class ModelRunner:
                 "or lower max_num_batched_tokens."
             )
         return memory
+
+    def _pack_cpu_linears(self) -> None:
+        """CPU float32: every linear (and a tied model's output head, as a packed copy of the
+        embedding table) through oneDNN, unless ``cpu_linear="torch"``."""
+        choice = self.config.cpu_linear
+        if self.device.type != "cpu" or self.dtype != torch.float32 or choice == "torch":
+            return
+        from pe_engine.cpu_linear import PackedLinear, onednn_linear_works, pack_linears
+
+        if not onednn_linear_works():
+            if choice == "onednn":
+                raise ValueError("cpu_linear='onednn' but this torch build has no oneDNN linear")
+            return
+        pack_linears(self.model)
+        if getattr(self.model, "lm_head", None) is None:
+            self.model.lm_head = PackedLinear(self.model.model.embed_tokens.weight)
 
     def _allocate_kv_cache(self) -> torch.Tensor:
         a = self.model.args
@@ -432,9 +449,9 @@ def _eos_token_ids(model_dir: Path, hf_config: Any) -> set[int]:
 
 def _configure_threads(device: torch.device, num_threads: int | None) -> None:
     """Set the CPU kernel threads: ``num_threads``, else OMP_NUM_THREADS, else every usable
-    core but one. The spare core keeps the Python side (scheduling, detokenizing, a server's
-    event loop) off the kernel threads: an OpenMP barrier waiting on a descheduled thread costs
-    far more than the extra core gains (on 2 cores, 1 thread decodes several times faster)."""
+    core (as vLLM's CPU backend does for one rank). On a machine shared with other busy
+    processes, fewer threads than cores can be much faster: an OpenMP barrier waiting on a
+    descheduled thread costs more than the extra core gains (see benchmarks/RESULTS.md)."""
     if device.type != "cpu":
         return
     if num_threads is None:
@@ -442,7 +459,7 @@ def _configure_threads(device: torch.device, num_threads: int | None) -> None:
         if requested.isdigit() and int(requested) > 0:
             num_threads = int(requested)
         else:
-            num_threads = max(1, _num_usable_cores() - 1)
+            num_threads = _num_usable_cores()
     torch.set_num_threads(num_threads)
 
 

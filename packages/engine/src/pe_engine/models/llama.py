@@ -252,8 +252,9 @@ class LlamaForCausalLM(nn.Module):
         return self.model.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Float32 logits of the given rows (only the rows that sample)."""
-        weight = self.model.embed_tokens.weight if self.args.tie_word_embeddings else None
-        if weight is None:
-            return self.lm_head(hidden).float()
-        return F.linear(hidden, weight).float()
+        """Float32 logits of the given rows (only the rows that sample). A tied model has no
+        ``lm_head`` of its own unless the runner gave it one (a packed copy of the table)."""
+        head = getattr(self, "lm_head", None)
+        if head is not None:
+            return head(hidden).float()
+        return F.linear(hidden, self.model.embed_tokens.weight).float()

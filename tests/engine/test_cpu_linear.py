@@ -1,0 +1,67 @@
+"""oneDNN linears on the CPU: the same products as F.linear, swapped in for every linear (and
+a tied model's head), and the same greedy tokens as the F.linear path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pe_engine import LLM, SamplingParams
+from pe_engine.cpu_linear import PackedLinear, onednn_linear_works, pack_linears
+
+pytestmark = [
+    pytest.mark.usefixtures("torch_single_thread"),
+    pytest.mark.skipif(not onednn_linear_works(), reason="this torch build has no oneDNN linear"),
+]
+
+
+@pytest.mark.parametrize("shape", [(1, 96), (7, 96), (3, 5, 96)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_linear_matches_f_linear(shape: tuple[int, ...], bias: bool) -> None:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(*shape, generator=gen)
+    w = torch.randn(40, 96, generator=gen)
+    b = torch.randn(40, generator=gen) if bias else None
+    got = PackedLinear(w, b)(x)
+    assert got.shape == (*shape[:-1], 40)
+    torch.testing.assert_close(got, F.linear(x, w, b), atol=1e-4, rtol=1e-4)
+
+
+def test_pack_linears_replaces_every_float32_linear() -> None:
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Sequential(nn.Linear(16, 4, bias=False)))
+    half = nn.Linear(8, 8).to(torch.bfloat16)
+    model.append(half)
+    x = torch.randn(3, 8)
+    expected = model[:3](x)
+    assert pack_linears(model) == 2
+    assert isinstance(model[0], PackedLinear) and isinstance(model[2][0], PackedLinear)
+    assert model[3] is half  # other dtypes keep F.linear
+    torch.testing.assert_close(model[:3](x), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_llama_dir", "tiny_llama_tied_dir"])
+def test_onednn_and_torch_linears_generate_the_same_tokens(
+    model_fixture: str, request: pytest.FixtureRequest
+) -> None:
+    model_dir = Path(request.getfixturevalue(model_fixture))
+    prompts = [[17, 905, 33, 4021, 88, 1500, 7], [260, 3111, 42, 999, 12, 640, 2048, 5, 77]]
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, logprobs=2)
+    outputs = {}
+    for choice in ("torch", "onednn"):
+        llm = LLM(
+            str(model_dir), dtype="float32", device="cpu", max_model_len=128,
+            num_kv_blocks=32, block_size=8, cpu_linear=choice,
+        )  # fmt: skip
+        linears = [m for m in llm.engine.runner.model.modules() if isinstance(m, PackedLinear)]
+        assert bool(linears) == (choice == "onednn")
+        batch = [{"prompt_token_ids": p} for p in prompts]
+        outputs[choice] = llm.generate(batch, params, use_tqdm=False)
+    for by_torch, by_onednn in zip(outputs["torch"], outputs["onednn"], strict=True):
+        assert by_onednn.outputs[0].token_ids == by_torch.outputs[0].token_ids
+        for a, b in zip(by_torch.outputs[0].logprobs, by_onednn.outputs[0].logprobs, strict=True):
+            for token_id, lp in a.items():
+                assert b[token_id].logprob == pytest.approx(lp.logprob, abs=1e-3)
