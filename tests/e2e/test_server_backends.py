@@ -13,9 +13,7 @@ import openai
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-from server_harness import API_KEY, MODEL, ServerProcess
-
-from pe_common.codec import encode_prompt_embeds
+from server_harness import API_KEY, MODEL, EmbeddingTable, ServerProcess
 
 BACKENDS = ["native", "transformers"]
 TEXT = "The quick brown fox jumps over the lazy dog"
@@ -36,19 +34,12 @@ def backend_server(
 
 
 @pytest.fixture(scope="module")
-def table(tiny_llama_dir: Path) -> Any:
-    from safetensors.numpy import load_file
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_llama_dir))
-    weights = load_file(str(tiny_llama_dir / "model.safetensors"))["model.embed_tokens.weight"]
-    return tokenizer, weights.astype(np.float32)
+def table(tiny_llama_dir: Path) -> EmbeddingTable:
+    return EmbeddingTable(tiny_llama_dir)
 
 
-def embeds(table: Any, text: str) -> str:
-    tokenizer, weights = table
-    rows = np.ascontiguousarray(weights[tokenizer.encode(text, add_special_tokens=False)])
-    return str(encode_prompt_embeds(rows, "safetensors"))
+def embeds(table: EmbeddingTable, text: str, fmt: str = "safetensors") -> str:
+    return table.payload(text, fmt)
 
 
 _results: dict[str, dict[str, Any]] = {}

@@ -65,3 +65,13 @@ def test_onednn_and_torch_linears_generate_the_same_tokens(
         for a, b in zip(by_torch.outputs[0].logprobs, by_onednn.outputs[0].logprobs, strict=True):
             for token_id, lp in a.items():
                 assert b[token_id].logprob == pytest.approx(lp.logprob, abs=1e-3)
+
+
+def test_row_counts_round_up_to_few_shapes() -> None:
+    """oneDNN keeps state per input shape: every batch size maps onto ~40 padded ones."""
+    from pe_engine.cpu_linear import padded_rows
+
+    assert [padded_rows(n) for n in (1, 2, 3, 5, 17, 32)] == [1, 2, 4, 8, 32, 32]
+    assert [padded_rows(n) for n in (33, 257, 1025, 2048)] == [48, 320, 1152, 2048]
+    assert len({padded_rows(n) for n in range(1, 2049)}) <= 40
+    assert all(n <= padded_rows(n) <= n * 5 // 4 for n in range(257, 4097))

@@ -198,3 +198,26 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, step: float
             return True
         time.sleep(step)
     return predicate()
+
+
+class EmbeddingTable:
+    """A model's tokenizer and float32 embedding rows: a client's view of "embed this text"."""
+
+    def __init__(self, model_dir: Path) -> None:
+        import numpy as np
+        from safetensors.numpy import load_file
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        weights = load_file(str(model_dir / "model.safetensors"))["model.embed_tokens.weight"]
+        self.weights = weights.astype(np.float32)
+
+    def payload(self, text: str, fmt: str = "safetensors") -> str:
+        """The base64 prompt_embeds of ``text``'s tokens (no special tokens) in ``fmt``."""
+        import numpy as np
+
+        from pe_common.codec import encode_prompt_embeds
+
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        rows = np.ascontiguousarray(self.weights[ids])
+        return str(encode_prompt_embeds(rows, fmt))  # type: ignore[arg-type]

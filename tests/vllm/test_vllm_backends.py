@@ -22,7 +22,7 @@ import openai
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-from server_harness import API_KEY, MODEL, ServerProcess, free_port, wait_until
+from server_harness import API_KEY, MODEL, EmbeddingTable, ServerProcess, free_port, wait_until
 
 from pe_common.codec import encode_prompt_embeds
 from pe_server.backends import is_vllm_installed
@@ -121,19 +121,12 @@ def backend(
 
 
 @pytest.fixture(scope="module")
-def table(vllm_tiny_dir: Path) -> Any:
-    from safetensors.numpy import load_file
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(vllm_tiny_dir))
-    weights = load_file(str(vllm_tiny_dir / "model.safetensors"))["model.embed_tokens.weight"]
-    return tokenizer, weights.astype(np.float32)
+def table(vllm_tiny_dir: Path) -> EmbeddingTable:
+    return EmbeddingTable(vllm_tiny_dir)
 
 
-def embeds(table: Any, text: str, fmt: str = "safetensors") -> str:
-    tokenizer, weights = table
-    rows = np.ascontiguousarray(weights[tokenizer.encode(text, add_special_tokens=False)])
-    return str(encode_prompt_embeds(rows, fmt))  # type: ignore[arg-type]
+def embeds(table: EmbeddingTable, text: str, fmt: str = "safetensors") -> str:
+    return table.payload(text, fmt)
 
 
 def client_for(server: ServerProcess) -> openai.OpenAI:
