@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from server_harness import API_KEY, MODEL, ServerProcess, wait_until
 
@@ -46,11 +47,11 @@ def open_stream(port: int, key: str) -> socket.socket:
     return sock
 
 
-def small(server: ServerProcess, key: str) -> object:
+def small(server: ServerProcess, key: str, scheme: str = "Bearer") -> httpx.Response:
     return server.post(
         "/v1/completions",
         json={"model": MODEL, "prompt": "x", "max_tokens": 1},
-        headers={"Authorization": f"Bearer {key}"},
+        headers={"Authorization": f"{scheme} {key}"},
     )
 
 
@@ -63,6 +64,8 @@ def test_a_key_over_its_quota_gets_429_and_others_are_served(guarded: ServerProc
         error = r.json()["error"]
         assert error["type"] == "rate_limit_error" and error["code"] == "rate_limit_exceeded"
         assert API_KEY not in r.text
+        # The same key written differently is the same tenant.
+        assert small(guarded, f"  {API_KEY}", scheme="bearer").status_code == 429
         assert small(guarded, OTHER_KEY).status_code == 200  # another tenant is not affected
         samples = guarded.metrics()
         assert samples['pe_admission_rejections_total{reason="quota"}'] >= 1
@@ -103,8 +106,6 @@ def test_a_trickled_head_is_closed_at_the_header_timeout(guarded: ServerProcess)
 def test_keep_alive_requests_and_a_slow_body_are_not_cut(guarded: ServerProcess) -> None:
     """The deadline is for heads only: a reused connection idle longer than the deadline still
     serves its next request, and a body that takes longer than the deadline is read."""
-    import httpx
-
     with httpx.Client(headers=guarded.headers, timeout=30) as client:
         body = {"model": MODEL, "prompt": "x", "max_tokens": 1}
         assert client.post(f"{guarded.root}/v1/completions", json=body).status_code == 200

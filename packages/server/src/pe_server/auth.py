@@ -9,6 +9,13 @@ from collections.abc import Iterable
 BEARER = "bearer "
 
 
+def bearer_token(header: str | None) -> str:
+    """The key of an ``Authorization: Bearer <key>`` header ("" if there is none)."""
+    if header is not None and header[: len(BEARER)].lower() == BEARER:
+        return header[len(BEARER) :].strip()
+    return ""
+
+
 def digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
 
@@ -31,9 +38,7 @@ class ApiKeyAuth:
     def is_authorized(self, header: str | None) -> bool:
         if not self._digests:
             return True
-        token = ""
-        if header is not None and header[: len(BEARER)].lower() == BEARER:
-            token = header[len(BEARER) :].strip()
+        token = bearer_token(header)
         presented = digest(token)
         matched = False
         for known in self._digests:

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import SystemRoute
 
 from pe_common.errors import PEValidationError
-from pe_server.auth import digest
+from pe_server.auth import bearer_token, digest
 from pe_server.config import BYTES_IN_FLIGHT_FACTOR, SMALL_BODY_BYTES
 from pe_server.errors import APIError, error_response, from_http_exception
 from pe_server.state import BODY_KIND, BODY_LIMIT, REQUEST_ID, STATE, STREAM, policy_of
@@ -179,7 +179,7 @@ def tenant_of(request: web.Request, by_key: bool) -> str:
     """Whose quota a request counts against: a digest of its (already checked) API key, or
     its peer address on a keyless server. Never the raw key: the table is kept in memory."""
     if by_key:
-        return digest(request.headers.get("Authorization", "")).hex()[:32]
+        return digest(bearer_token(request.headers.get("Authorization"))).hex()[:32]
     return request.remote or ""
 
 
