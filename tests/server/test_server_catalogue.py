@@ -42,6 +42,7 @@ import io
 import json
 import os
 import pickle
+import select
 import socket
 import struct
 import time
@@ -201,23 +202,20 @@ def send_chunked(
     sent = 0
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(head)
-        sock.setblocking(False)
         reply = b""
+        # Blocking sends: a non-blocking sendall can send part of a chunk and then raise,
+        # and resending it whole would corrupt the chunked framing. A reply ends the upload.
         while sent < total:
-            with contextlib.suppress(BlockingIOError):
-                reply += sock.recv(65536)
-            if reply:
+            if select.select([sock], [], [], 0)[0]:
+                with contextlib.suppress(ConnectionResetError):
+                    reply += sock.recv(65536)
                 break
             try:
                 sock.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
-            except BlockingIOError:
-                time.sleep(0.01)
-                continue
-            except (BrokenPipeError, ConnectionResetError):
-                break
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                break  # the server stopped reading: its answer is waiting
             sent += len(piece)
             piece = b"a" * chunk
-        sock.settimeout(10)
         while b"\r\n\r\n" not in reply:
             try:
                 data = sock.recv(65536)
