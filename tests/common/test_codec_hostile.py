@@ -17,11 +17,11 @@ import warnings
 import zipfile
 from pathlib import Path
 
-import pybase64
 import pytest
 
 torch = pytest.importorskip("torch")
 
+from archive_payloads import b64, rezip, torch_save  # noqa: E402
 from pe_common.codec import (  # noqa: E402
     EmbedsLimits,
     PromptEmbedsError,
@@ -36,38 +36,6 @@ MAX_SECONDS = 0.5
 
 
 # payload builders -------------------------------------------------------------------------
-
-
-def torch_save(obj: object, **kwargs: object) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer, **kwargs)
-    return buffer.getvalue()
-
-
-def b64(data: bytes) -> str:
-    return pybase64.b64encode(data).decode()
-
-
-def rezip(
-    payload: bytes,
-    *,
-    replace: dict[str, bytes] | None = None,
-    add: dict[str, bytes] | None = None,
-    drop: tuple[str, ...] = (),
-    compression: int = zipfile.ZIP_STORED,
-) -> bytes:
-    """Rewrite a torch.save archive; ``replace``/``drop`` match entry names by suffix."""
-    replace = replace or {}
-    out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(payload)) as src, zipfile.ZipFile(out, "w") as dst:
-        for name in src.namelist():
-            if any(name.endswith(suffix) for suffix in drop):
-                continue
-            data = next((v for k, v in replace.items() if name.endswith(k)), src.read(name))
-            dst.writestr(name, data, compress_type=compression)
-        for name, data in (add or {}).items():
-            dst.writestr(name, data)
-    return out.getvalue()
 
 
 def p_int(value: int) -> bytes:

@@ -65,6 +65,7 @@ from server_harness import (
     wait_until,
 )
 
+from archive_payloads import b64, rezip, torch_save
 from conftest import BODY_READ_TIMEOUT, Embedder
 from pe_common.codec import encode_prompt_embeds
 
@@ -84,31 +85,6 @@ def still_serving(server: ServerProcess) -> Iterator[None]:
 
 
 # payload builders --------------------------------------------------------------------------
-
-
-def torch_save(obj: object, **kwargs: Any) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer, **kwargs)
-    return buffer.getvalue()
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def rezip(
-    payload: bytes,
-    replace: dict[str, bytes] | None = None,
-    compression: int = zipfile.ZIP_STORED,
-) -> bytes:
-    """Rewrite a torch.save archive; ``replace`` matches entry names by suffix."""
-    replace = replace or {}
-    out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(payload)) as src, zipfile.ZipFile(out, "w") as dst:
-        for name in src.namelist():
-            data = next((v for k, v in replace.items() if name.endswith(k)), src.read(name))
-            dst.writestr(name, data, compress_type=compression)
-    return out.getvalue()
 
 
 def pickle_zip(data_pkl: bytes, storage: bytes = bytes(64)) -> bytes:
@@ -607,13 +583,13 @@ def test_row41_byte_order_and_location(
     server: ServerProcess, rows: np.ndarray, reference_text: str
 ) -> None:
     archive = torch_save(torch.from_numpy(rows))
-    expect(server, b64(rezip(archive, {"byteorder": b"big"})), "unsupported_format")
+    expect(server, b64(rezip(archive, replace={"byteorder": b"big"})), "unsupported_format")
     with zipfile.ZipFile(io.BytesIO(archive)) as z:
         data_pkl = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
     cpu = b"X\x03\x00\x00\x00cpu"
     assert cpu in data_pkl
     on_gpu = data_pkl.replace(cpu, b"X\x06\x00\x00\x00cuda:7")
-    assert greedy_text(server, b64(rezip(archive, {"data.pkl": on_gpu}))) == reference_text
+    assert greedy_text(server, b64(rezip(archive, replace={"data.pkl": on_gpu}))) == reference_text
 
 
 def test_row42_truncated_empty_and_random_bytes(server: ServerProcess, rows: np.ndarray) -> None:
