@@ -38,6 +38,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_http_ready(
+    proc: subprocess.Popen[bytes],
+    url: str,
+    log_path: Path,
+    name: str,
+    timeout: float,
+    step: float = 0.1,
+) -> None:
+    """Poll ``url`` until it answers 200; raise with the log's tail if ``proc`` exits first or
+    ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited:\n{log_path.read_text(errors='replace')[-4000:]}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(step)
+    raise RuntimeError(f"{name} not ready:\n{log_path.read_text(errors='replace')[-4000:]}")
+
+
 class ServerProcess:
     """``python -m pe_server serve MODEL_DIR ...`` with its log captured to a file."""
 
@@ -81,17 +104,8 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 120.0) -> ServerProcess:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"pe server exited:\n{self.log_text()[-4000:]}")
-            try:
-                if httpx.get(f"{self.root}/health", timeout=2.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"pe server not ready:\n{self.log_text()[-4000:]}")
+        wait_http_ready(self.proc, f"{self.root}/health", self.log_path, "pe server", timeout)
+        return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:

@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,15 @@ import openai
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-from server_harness import API_KEY, MODEL, EmbeddingTable, ServerProcess, free_port, wait_until
+from server_harness import (
+    API_KEY,
+    MODEL,
+    EmbeddingTable,
+    ServerProcess,
+    free_port,
+    wait_http_ready,
+    wait_until,
+)
 
 from pe_common.codec import encode_prompt_embeds
 from pe_server.backends import is_vllm_installed
@@ -61,17 +68,9 @@ class VllmServer:
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
 
     def wait_ready(self) -> VllmServer:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vLLM exited:\n{self.log_path.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{self.url}/v1/models", timeout=2.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"vLLM not ready:\n{self.log_path.read_text()[-4000:]}")
+        url = f"{self.url}/v1/models"
+        wait_http_ready(self.proc, url, self.log_path, "vLLM", READY_TIMEOUT_S, step=0.5)
+        return self
 
     def stop(self) -> None:
         self.proc.terminate()
