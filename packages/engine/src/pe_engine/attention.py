@@ -114,16 +114,24 @@ class TorchAttentionBackend(AttentionBackend):
         return out.view(num_tokens, num_heads * head_dim)
 
     def prepare(self, metadata: AttentionMetadata) -> None:
-        bs = metadata.block_size
         if metadata.num_decode_tokens:
-            assert metadata.decode_block_tables is not None
-            assert metadata.decode_context_lens is not None
-            lens = metadata.decode_context_lens[:, None]
-            positions = torch.arange(metadata.decode_max_context_len, device=lens.device)[None]
-            # Padded positions read the sequence's own last slot (finite values), masked out.
-            clamped = torch.minimum(positions, lens - 1)
-            metadata.decode_slots = _slots(metadata.decode_block_tables, clamped, bs)
-            metadata.decode_mask = (positions < lens)[:, None, None, :]
+            self._prepare_decode(metadata)
+        self._prepare_prefills(metadata)
+
+    @staticmethod
+    def _prepare_decode(metadata: AttentionMetadata) -> None:
+        assert metadata.decode_block_tables is not None
+        assert metadata.decode_context_lens is not None
+        lens = metadata.decode_context_lens[:, None]
+        positions = torch.arange(metadata.decode_max_context_len, device=lens.device)[None]
+        # Padded positions read the sequence's own last slot (finite values), masked out.
+        clamped = torch.minimum(positions, lens - 1)
+        metadata.decode_slots = _slots(metadata.decode_block_tables, clamped, metadata.block_size)
+        metadata.decode_mask = (positions < lens)[:, None, None, :]
+
+    @staticmethod
+    def _prepare_prefills(metadata: AttentionMetadata) -> None:
+        bs = metadata.block_size
         for span in metadata.prefills:
             if span.num_computed_tokens == 0:
                 continue  # attends only to its own new K/V: plain causal

@@ -52,9 +52,10 @@ class EngineConfig(BaseModel):
     max_embeds_bytes: int = Field(256 * 2**20, ge=1)
     seed: int = 0
     enforce_eager: bool = False  # CUDA: no decode CUDA graphs
-    # "auto": Triton kernels on CUDA, the torch reference on CPU ("triton" on CPU needs
-    # TRITON_INTERPRET=1: the kernel tests use it).
-    attention_backend: Literal["auto", "torch", "triton"] = "auto"
+    # "auto": Triton kernels on CUDA; on CPU "cpu" (the C paged-decode kernel, float32, built
+    # at first use with the system compiler) when it builds, else "torch" (the reference).
+    # "triton" on CPU needs TRITON_INTERPRET=1: the kernel tests use it.
+    attention_backend: Literal["auto", "torch", "cpu", "triton"] = "auto"
     # CPU float32 linears: "onednn" (weights reordered once; 2-3x faster than the BLAS on
     # this project's AMD CPU), "torch" (F.linear), "auto" (oneDNN when this torch has it).
     cpu_linear: Literal["auto", "torch", "onednn"] = "auto"

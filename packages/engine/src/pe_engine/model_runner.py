@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pe_engine import cpu_attention
 from pe_engine.attention import (
     AttentionBackend,
     AttentionMetadata,
@@ -382,10 +383,25 @@ class ModelRunner:
 
 
 def _attention_backend(config: EngineConfig, device: torch.device) -> AttentionBackend:
-    """Triton kernels on CUDA (imported only then), the torch reference elsewhere."""
+    """Triton kernels on CUDA (imported only then); on the CPU the in-place paged decode
+    kernel for float32 pools when it builds here, else the torch reference."""
     name = config.attention_backend
-    if name == "torch" or (name == "auto" and device.type != "cuda"):
+    if name == "auto":
+        if device.type == "cuda":
+            name = "triton"
+        elif config.torch_dtype == torch.float32 and cpu_attention.available():
+            name = "cpu"
+        else:
+            name = "torch"
+    if name == "torch":
         return TorchAttentionBackend()
+    if name == "cpu":
+        if device.type != "cpu" or config.torch_dtype != torch.float32:
+            raise ValueError(
+                "attention_backend='cpu' needs device='cpu' and dtype='float32' "
+                f"(got {device.type}, {config.dtype_name})."
+            )
+        return cpu_attention.CpuAttentionBackend()
     from pe_engine.triton_attention import TritonAttentionBackend
 
     return TritonAttentionBackend()

@@ -1,0 +1,157 @@
+"""CpuAttentionBackend: the torch reference with decode attention read in place from the pool.
+
+Decode steps dominate generation, and the reference backend's decode copies every context row
+of every sequence out of the paged pool at every layer (``index_select``), pads the copies to
+the longest context and runs a masked SDPA over them. The C kernel in
+``kernels/cpu_attention.c`` instead walks each sequence's block table and reads each K and V row
+once where it lies. Prefill, and the K/V writes, stay on the reference path (prefill attention
+is a matrix product SDPA already does well).
+
+The kernel is compiled once per machine with the system C compiler (``cc``, else ``gcc``) into
+``$PE_CACHE_DIR/kernels`` (default ``~/.cache/pe/kernels``) and loaded with ctypes; ``available()``
+says whether that worked. It covers float32 pools on the CPU; the runner picks this backend
+for ``attention_backend="auto"`` on such a pool and keeps the reference otherwise.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from pe_engine.attention import AttentionMetadata, TorchAttentionBackend
+from pe_engine.demo_model import cache_dir
+
+log = logging.getLogger("pe_engine")
+
+_SOURCE = "cpu_attention.c"
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fPIC", "-shared"]
+_I64, _PTR = ctypes.c_int64, ctypes.c_void_p
+
+
+class KernelBuildError(RuntimeError):
+    """The C kernel could not be compiled or loaded here (the message says why)."""
+
+
+class CpuAttentionBackend(TorchAttentionBackend):
+    """Reference prefill, in-place paged decode (float32 CPU pools)."""
+
+    def __init__(self) -> None:
+        self._decode_f32 = _library().pe_paged_decode_f32
+
+    def prepare(self, metadata: AttentionMetadata) -> None:
+        # Decode reads the block tables directly: only prefill spans need derived tensors.
+        self._prepare_prefills(metadata)
+
+    def _decode(
+        self,
+        q: torch.Tensor,
+        k_pool: torch.Tensor,
+        v_pool: torch.Tensor,
+        metadata: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        tables, lens = metadata.decode_block_tables, metadata.decode_context_lens
+        assert tables is not None and lens is not None
+        if q.dtype != torch.float32 or q.device.type != "cpu":
+            raise TypeError(f"CpuAttentionBackend needs a float32 CPU pool, not {q.dtype}")
+        q = q.contiguous()
+        num_seqs, num_heads, head_dim = q.shape
+        num_kv_heads, num_slots, _ = k_pool.shape
+        out = torch.empty_like(q)
+        status = self._decode_f32(
+            q.data_ptr(),
+            k_pool.data_ptr(),
+            v_pool.data_ptr(),
+            out.data_ptr(),
+            tables.data_ptr(),
+            lens.data_ptr(),
+            num_seqs,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            num_slots // metadata.block_size,
+            metadata.block_size,
+            tables.stride(0),
+            scale,
+            torch.get_num_threads(),
+        )
+        if status != 0:
+            raise MemoryError("paged decode attention could not allocate its scratch space")
+        return out
+
+
+def available() -> bool:
+    """Whether the kernel is built (or builds now) and loads on this machine."""
+    try:
+        _library()
+    except KernelBuildError as exc:
+        log.info("CPU paged-attention kernel unavailable (%s); using the torch reference", exc)
+        return False
+    return True
+
+
+@cache
+def _library() -> ctypes.CDLL:
+    source = resources.files("pe_engine.kernels").joinpath(_SOURCE).read_bytes()
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise KernelBuildError("no C compiler (cc or gcc) on PATH")
+    path = _cache_dir() / f"cpu_attention-{_build_key(source, compiler)}.so"
+    if not path.is_file():
+        _compile(compiler, source, path)
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        raise KernelBuildError(f"cannot load {path}: {exc}") from exc
+    fn = lib.pe_paged_decode_f32
+    fn.restype = ctypes.c_int32
+    fn.argtypes = [_PTR] * 6 + [_I64] * 7 + [ctypes.c_float, ctypes.c_int32]
+    return lib
+
+
+def _cache_dir() -> Path:
+    path = cache_dir() / "kernels"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _build_key(source: bytes, compiler: str) -> str:
+    """Source, flags, compiler and CPU: ``-march=native`` code belongs to the CPU it saw."""
+    digest = hashlib.sha256(source)
+    digest.update(" ".join([compiler, *_FLAGS, platform.machine(), _cpu_flags()]).encode())
+    return digest.hexdigest()[:16]
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return ""
+
+
+def _compile(compiler: str, source: bytes, path: Path) -> None:
+    """Compile into a temporary file beside ``path``, then rename: concurrent processes
+    building the same kernel each finish with a whole library."""
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        src = Path(tmp) / _SOURCE
+        src.write_bytes(source)
+        built = Path(tmp) / path.name
+        cmd = [compiler, *_FLAGS, str(src), "-o", str(built)]
+        try:
+            subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.SubprocessError) as exc:
+            detail = getattr(exc, "stderr", "") or str(exc)
+            raise KernelBuildError(f"{' '.join(cmd)} failed: {detail.strip()[-2000:]}") from exc
+        os.replace(built, path)
