@@ -18,6 +18,7 @@ queueing behind earlier prompts.
 
     python benchmarks/bench_offline.py --quick --peers     # a few minutes per engine
     python benchmarks/bench_offline.py --peers             # the issue's 256-prompt workload
+    python benchmarks/bench_offline.py --quick --peers --repeat 3   # medians, for noisy machines
 
 Writes benchmarks/out/bench_offline.json and .png (matplotlib) and prints a table.
 """
@@ -345,6 +346,23 @@ def bench_one(engine: str, kind: str, spec: dict[str, Any], args: Any, tmp: Path
     return row
 
 
+def median_row(runs: list[Row]) -> Row:
+    """One (engine, input)'s runs as one row: medians of time, throughput and TTFT, the
+    highest peak memory; a failed run is left out (noted) and only failures give no figures."""
+    ok = [r for r in runs if r.tokens_per_s]
+    failed = [r.note for r in runs if not r.tokens_per_s]
+    row = Row(runs[0].engine, runs[0].input, note="; ".join(failed))
+    if ok:
+        row.seconds = statistics.median(r.seconds or 0.0 for r in ok)
+        row.output_tokens = ok[0].output_tokens
+        row.tokens_per_s = statistics.median(r.tokens_per_s or 0.0 for r in ok)
+        ttfts = [r.ttft_median_s for r in ok if r.ttft_median_s is not None]
+        row.ttft_median_s = statistics.median(ttfts) if ttfts else None
+    row.peak_rss_mib = max((r.peak_rss_mib or 0.0 for r in runs), default=None)
+    row.peak_pss_mib = max((r.peak_pss_mib or 0.0 for r in runs), default=None)
+    return row
+
+
 def ratios(rows: list[Row]) -> dict[str, float]:
     tps = {(r.engine, r.input): r.tokens_per_s for r in rows if r.tokens_per_s}
     out: dict[str, float] = {}
@@ -421,6 +439,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--kv-cache-gib", type=int, default=2, help="pe's and vLLM's KV pool")
     parser.add_argument("--hf-batch-size", type=int, default=32)
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds over all engines; the table gives medians"
+    )
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per engine run")
     parser.add_argument("--vllm-venv", default=str(REPO_ROOT.parent / "peer" / "venv"))
     parser.add_argument("--out", default="benchmarks/out/bench_offline.json")
@@ -449,12 +470,19 @@ def main() -> None:
         "kv_cache_gib": args.kv_cache_gib,
         "hf_batch_size": args.hf_batch_size,
     }
-    rows: list[Row] = []
+    pairs = [(engine, kind) for engine in engines for kind in INPUTS]
+    runs: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for engine in engines:
-            for kind in INPUTS:
-                rows.append(bench_one(engine, kind, spec, args, Path(tmp)))
-                print_table(rows)
+        for round_ in range(args.repeat):
+            # Alternate the order so a machine that slows down or speeds up mid-run does not
+            # favour whichever engine always goes first.
+            for engine, kind in pairs if round_ % 2 == 0 else reversed(pairs):
+                runs.append(bench_one(engine, kind, spec, args, Path(tmp)))
+                print_table(runs)
+    rows = [median_row([r for r in runs if (r.engine, r.input) == pair]) for pair in pairs]
+    if args.repeat > 1:
+        print(f"\nmedians of {args.repeat} rounds:", end="")
+        print_table(rows)
     summary = ratios(rows)
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -463,12 +491,15 @@ def main() -> None:
         "workload": asdict(workload),
         "args": vars(args),
         "rows": [asdict(r) for r in rows],
+        "runs": [asdict(r) for r in runs],
         "ratios": summary,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     title = f"{args.model}, {json.dumps(asdict(workload))}, {result['machine']}"
+    if args.repeat > 1:
+        title += f", medians of {args.repeat} rounds"
     plotted = plot(rows, title, out.with_suffix(".png"))
     print(json.dumps(summary, indent=2))
     print(f"wrote {out}" + (f" and {out.with_suffix('.png')}" if plotted else ""))
