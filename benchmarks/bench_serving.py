@@ -95,6 +95,14 @@ def make_workload(num: int, lo: int, hi: int, output_len: int, vocab: int, seed:
     return Workload(prompts, output_len)
 
 
+def fresh_ids(work: Workload, vocab: int, seed: int) -> list[list[int]]:
+    """New random ids with the same lengths: each mode gets prompts no earlier mode sent, so
+    none of them hits the prefix cache another filled (embeds-msgpack re-sending
+    embeds-json's rows would skip its prefills)."""
+    rng = random.Random(seed)
+    return [[rng.randrange(3, vocab) for _ in ids] for ids in work.prompts]
+
+
 def embedding_table(model_dir: Path) -> np.ndarray:
     from safetensors import safe_open
 
@@ -315,8 +323,9 @@ async def run_modes(args: argparse.Namespace, base_url: str, model_dir: Path) ->
     await run_load(base_url, warm, None, None, args.seed)
     conc = f"{args.max_concurrency}" if not args.request_rate else f"rate {args.request_rate}/s"
     summaries = []
-    for mode in args.modes:
-        bodies = [request_body(mode, ids, table, work.output_len) for ids in work.prompts]
+    for i, mode in enumerate(args.modes):
+        prompts = fresh_ids(work, vocab, args.seed + 1 + i)
+        bodies = [request_body(mode, ids, table, work.output_len) for ids in prompts]
         results, seconds = await run_load(
             base_url, bodies, args.max_concurrency, args.request_rate, args.seed
         )
