@@ -433,6 +433,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--peers", action="store_true", help="also run transformers and vLLM")
     parser.add_argument("--quick", action="store_true", help=f"smaller workload: {QUICK}")
     parser.add_argument("--engines", nargs="+", choices=ENGINES, help="override --peers")
+    parser.add_argument("--inputs", nargs="+", choices=INPUTS, default=list(INPUTS))
     parser.add_argument("--model", default="smollm2-shaped", help="smollm2-shaped, small, a dir")
     for name, value in FULL.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"default {value}")
@@ -470,7 +471,7 @@ def main() -> None:
         "kv_cache_gib": args.kv_cache_gib,
         "hf_batch_size": args.hf_batch_size,
     }
-    pairs = [(engine, kind) for engine in engines for kind in INPUTS]
+    pairs = [(engine, kind) for engine in engines for kind in args.inputs]
     runs: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.repeat):
