@@ -101,8 +101,24 @@ def available() -> bool:
     return True
 
 
-@cache
 def _library() -> ctypes.CDLL:
+    """The loaded kernel library; raises KernelBuildError (the same reason every time: a
+    failed build is not retried in this process)."""
+    outcome = _build()
+    if isinstance(outcome, KernelBuildError):
+        raise KernelBuildError(*outcome.args)
+    return outcome
+
+
+@cache
+def _build() -> ctypes.CDLL | KernelBuildError:
+    try:
+        return _build_and_load()
+    except KernelBuildError as exc:
+        return exc
+
+
+def _build_and_load() -> ctypes.CDLL:
     source = resources.files("pe_engine.kernels").joinpath(_SOURCE).read_bytes()
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
