@@ -96,11 +96,13 @@ def test_kernel_is_exact_on_extreme_scores() -> None:
     """Scores far apart (one position dominates) and all equal (a uniform average)."""
     qkv, metadata, kv_cache = _batch([48, 48], 0, 2, 1, 16, 16)
     kv_cache[0] = 0.0  # every score 0: the output is the mean of the values
-    qkv["q"][0] *= 1.0
     expected, _ = _forward(TorchAttentionBackend(), qkv, metadata, kv_cache, 0.25)
     actual, _ = _forward(CpuAttentionBackend(), qkv, metadata, kv_cache, 0.25)
     torch.testing.assert_close(actual, expected, atol=1e-6, rtol=1e-5)
-    kv_cache[0] = torch.randn(kv_cache[0].shape) * 40.0  # scores in the thousands
+    # Scores in the thousands, from a fixed draw: at that size float32 rounds each score by
+    # ~1e-4, so near-tied maxima in an unlucky draw (2 of 200 seeds) move outputs by ~4e-5.
+    gen = torch.Generator().manual_seed(0)
+    kv_cache[0] = torch.randn(kv_cache[0].shape, generator=gen) * 40.0
     expected, _ = _forward(TorchAttentionBackend(), qkv, metadata, kv_cache, 1.0)
     actual, _ = _forward(CpuAttentionBackend(), qkv, metadata, kv_cache, 1.0)
     assert torch.isfinite(actual).all()
@@ -166,9 +168,9 @@ def test_runner_picks_the_kernel_for_float32_cpu_pools(tiny_llama_dir: Path) -> 
 def fresh_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """An empty kernel cache and a forgotten library, restored afterwards."""
     monkeypatch.setenv("PE_CACHE_DIR", str(tmp_path))
-    cpu_attention._library.cache_clear()
+    cpu_attention._build.cache_clear()
     yield tmp_path
-    cpu_attention._library.cache_clear()
+    cpu_attention._build.cache_clear()
 
 
 def test_kernel_builds_into_the_cache_once(fresh_build: Path) -> None:
@@ -176,7 +178,7 @@ def test_kernel_builds_into_the_cache_once(fresh_build: Path) -> None:
     built = list((fresh_build / "kernels").glob("cpu_attention-*.so"))
     assert len(built) == 1
     stamp = built[0].stat().st_mtime_ns
-    cpu_attention._library.cache_clear()
+    cpu_attention._build.cache_clear()
     assert cpu_attention.available()
     assert built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
     assert [p.name for p in (fresh_build / "kernels").iterdir()] == [built[0].name]
