@@ -137,7 +137,7 @@ import sys
 from pe_engine import LLM, SamplingParams
 llm = LLM(sys.argv[1], device="cpu", max_model_len=64)
 llm.generate("Hello there", SamplingParams(max_tokens=3), use_tqdm=False)
-lazy = ("pe_engine.kernels", "pe_engine.triton_attention", "pe_engine.cuda_graphs")
+lazy = ("pe_engine.kernels.triton_paged", "pe_engine.triton_attention", "pe_engine.cuda_graphs")
 sys.exit(", ".join(m for m in lazy if m in sys.modules) or 0)
 """
 

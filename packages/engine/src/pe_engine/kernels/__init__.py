@@ -1,2 +1,3 @@
-"""Accelerator kernels. Nothing here is imported by ``import pe_engine``: the modules import
-triton at load, so only the CUDA attention backend (or a test) imports them."""
+"""Kernels. ``triton_paged`` imports triton at load, so only the CUDA attention backend (or a
+test) imports it; ``cpu_attention.c`` is C source that ``pe_engine.cpu_attention`` compiles once per
+machine. Importing this package itself imports neither."""
