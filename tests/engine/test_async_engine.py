@@ -170,3 +170,33 @@ async def test_shutdown_fails_in_flight_requests(tiny_llama_dir: Path) -> None:
     with pytest.raises(EngineDeadError):
         await asyncio.wait_for(task, timeout=10)
     assert not engine.is_healthy
+
+
+async def test_the_engine_thread_is_the_one_multithreaded_kernel_user(
+    tiny_llama_dir: Path,
+) -> None:
+    """The model loads on a thread that exits, the engine thread runs kernels on the configured
+    count, and threads that start kernels later get one (pe_engine/kernel_threads.py)."""
+    import threading
+
+    import torch
+
+    seen: list[int] = []
+    engine = AsyncEngine(
+        config(tiny_llama_dir).model_copy(update={"num_threads": 2}),
+        fault_injector=lambda step: seen.append(torch.get_num_threads()),
+    )
+    assert not any(t.name.startswith("pe-engine-load") for t in threading.enumerate())
+    main_threads = torch.get_num_threads()
+    engine.start()
+    try:
+        await collect(engine, "count the threads", "t1", n=3)
+        assert seen and set(seen) == {2}
+        later: list[int] = []
+        worker = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        worker.start()
+        worker.join()
+        assert later == [1]
+        assert torch.get_num_threads() == main_threads  # a thread that had its count keeps it
+    finally:
+        engine.shutdown()

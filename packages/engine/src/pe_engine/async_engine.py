@@ -9,11 +9,15 @@ import logging
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from pe_engine.chat import ChatPromptBuilder
 from pe_engine.config import EngineConfig
+from pe_engine.kernel_threads import claim_kernel_threads
 from pe_engine.llm_engine import EngineStepError, LLMEngine
 from pe_engine.outputs import RequestOutput
 from pe_engine.prompt import Prompt
@@ -42,6 +46,10 @@ class AsyncEngine:
     thread drains at the start of each step; outputs come back through
     ``loop.call_soon_threadsafe`` into a per-request ``asyncio.Queue``.
 
+    On the CPU the engine thread is the process's one multi-threaded kernel user: the model is
+    loaded on a thread that then exits, and other threads run kernels on one thread
+    (:mod:`pe_engine.kernel_threads` says why).
+
     ``fault_injector`` (tests): called with the step number before every step; an exception
     it raises kills the engine like an unrecoverable failure would.
     """
@@ -54,7 +62,11 @@ class AsyncEngine:
         engine: LLMEngine | None = None,
     ) -> None:
         self.config = config
-        self.engine = engine or LLMEngine(config)
+        if engine is None:
+            engine, self._kernel_threads = _build_engine(config)
+        else:
+            self._kernel_threads = torch.get_num_threads()
+        self.engine = engine
         self.fault_injector = fault_injector
         # The caller side gets its own tokenizer copy: the engine thread detokenizes with its.
         self.tokenizer = copy.deepcopy(self.engine.tokenizer)
@@ -143,6 +155,8 @@ class AsyncEngine:
     # ---- the engine thread ------------------------------------------------------------------
 
     def _run(self) -> None:
+        if self.engine.runner.device.type == "cpu":
+            claim_kernel_threads(self._kernel_threads)
         while not self._stop:
             self._wakeup.clear()
             self._drain_inbox()
@@ -161,8 +175,7 @@ class AsyncEngine:
                 return
             self._num_failed_steps = 0
             self._stats = self.engine.stats()
-            for output in outputs:
-                self._deliver(output.request_id, output)
+            self._deliver_all([(output.request_id, output) for output in outputs])
 
     def _drain_inbox(self) -> None:
         while True:
@@ -188,8 +201,7 @@ class AsyncEngine:
         log.error("engine step failed: %r", exc.cause)
         self._num_failed_steps += 1
         self._stats = self.engine.stats()
-        for request_id in exc.request_ids:
-            self._deliver(request_id, exc)
+        self._deliver_all([(request_id, exc) for request_id in exc.request_ids])
         if self._num_failed_steps >= MAX_CONSECUTIVE_STEP_FAILURES:
             self._die(exc)
 
@@ -210,13 +222,36 @@ class AsyncEngine:
     def _fail_all(self, exc: BaseException) -> None:
         with self._lock:
             request_ids = list(self._streams)
-        for request_id in request_ids:
-            self._deliver(request_id, exc)
+        self._deliver_all([(request_id, exc) for request_id in request_ids])
 
     def _deliver(self, request_id: str, item: RequestOutput | BaseException) -> None:
+        self._deliver_all([(request_id, item)])
+
+    def _deliver_all(self, items: list[tuple[str, RequestOutput | BaseException]]) -> None:
+        """Hand a step's outputs to their streams: one wake-up per event loop, not one per
+        request (each wake-up is a write to the loop's self-pipe and a turn of the loop)."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], Any]]] = {}
         with self._lock:
-            stream = self._streams.get(request_id)
-        if stream is None:
-            return
-        with contextlib.suppress(RuntimeError):  # the consumer's loop is closed
-            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
+            for request_id, item in items:
+                stream = self._streams.get(request_id)
+                if stream is not None:
+                    by_loop.setdefault(stream.loop, []).append((stream.queue, item))
+        for loop, batch in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the consumer's loop is closed
+                loop.call_soon_threadsafe(_put_all, batch)
+
+
+def _build_engine(config: EngineConfig) -> tuple[LLMEngine, int]:
+    """The engine and its CPU kernel thread count, built on a thread that exits afterwards."""
+
+    def build() -> tuple[LLMEngine, int]:
+        engine = LLMEngine(config)
+        return engine, torch.get_num_threads()
+
+    with ThreadPoolExecutor(1, thread_name_prefix="pe-engine-load") as pool:
+        return pool.submit(build).result()
+
+
+def _put_all(batch: list[tuple[asyncio.Queue[Any], Any]]) -> None:
+    for stream_queue, item in batch:
+        stream_queue.put_nowait(item)
