@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
 
 import pe_server.auth
 from pe_server.admission import Admission
@@ -67,18 +66,6 @@ def test_admission_lets_one_oversized_request_run_alone() -> None:
     assert admission.try_acquire(1) is None
     admission.release(big)
     assert admission.try_acquire(1) is not None
-
-
-def test_server_engine_threads_leave_a_core_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pe_server.backends.native import server_kernel_threads
-
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert server_kernel_threads() is None  # the engine reads OMP_NUM_THREADS itself
-    monkeypatch.delenv("OMP_NUM_THREADS")
-    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
-    assert server_kernel_threads() == 3
-    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0}, raising=False)
-    assert server_kernel_threads() == 1
 
 
 def test_admission_quota_per_tenant() -> None:

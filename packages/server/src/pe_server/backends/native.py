@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -31,18 +30,6 @@ class FaultAfterSteps:
     def __call__(self, step: int) -> None:
         if step >= self.num_steps:
             raise RuntimeError(f"injected fault at engine step {step}")
-
-
-def server_kernel_threads() -> int | None:
-    """CPU kernel threads for the engine inside the server: OMP_NUM_THREADS when set (None:
-    the engine reads it), else every usable core but one. The spare core runs the event loop,
-    body decoding and detokenizing; on 2 cores it serves more than a second kernel thread would
-    (bench_serving --quick: 459 vs 386 output tok/s; benchmarks/RESULTS.md)."""
-    requested = os.environ.get("OMP_NUM_THREADS", "")
-    if requested.isdigit() and int(requested) > 0:
-        return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) - 1)
 
 
 class NativeBackend:
@@ -83,7 +70,6 @@ class NativeBackend:
             enable_prefix_caching=c.enable_prefix_caching,
             max_embeds_bytes=c.max_embeds_bytes,
             seed=c.seed,
-            num_threads=server_kernel_threads(),
         )
 
     async def start(self) -> None:
