@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-
 import pe_server.auth
 from pe_server.admission import Admission
 from pe_server.auth import ApiKeyAuth
