@@ -8,9 +8,9 @@ import copy
 import logging
 import queue
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,10 +33,32 @@ class EngineDeadError(RuntimeError):
     """The engine loop stopped; no request can be served any more."""
 
 
-@dataclass
 class _Stream:
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[RequestOutput | BaseException]
+    """One request's outputs on their way from the engine thread to the consumer's event loop:
+    a deque and one future to wake the consumer (lighter than an asyncio.Queue, which costs a
+    third of the event loop's time when 64 requests stream)."""
+
+    __slots__ = ("items", "loop", "waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.items: deque[RequestOutput | BaseException] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: RequestOutput | BaseException) -> None:
+        """On the consumer's loop."""
+        self.items.append(item)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def get(self) -> RequestOutput | BaseException:
+        while not self.items:
+            self.waiter = self.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return self.items.popleft()
 
 
 class AsyncEngine:
@@ -120,7 +142,7 @@ class AsyncEngine:
         if self.errored is not None or self._stop:
             raise EngineDeadError("engine is not running") from self.errored
         self.engine.prompt_builder.validate(prompt)
-        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        stream = _Stream(asyncio.get_running_loop())
         with self._lock:
             if request_id in self._streams:
                 raise ValueError(f"request id {request_id!r} is already running")
@@ -132,7 +154,7 @@ class AsyncEngine:
                 finished = True
                 raise EngineDeadError("engine is not running") from self.errored
             while not finished:
-                item = await stream.queue.get()
+                item = await stream.get()
                 if isinstance(item, BaseException):
                     finished = True
                     raise item
@@ -230,12 +252,12 @@ class AsyncEngine:
     def _deliver_all(self, items: list[tuple[str, RequestOutput | BaseException]]) -> None:
         """Hand a step's outputs to their streams: one wake-up per event loop, not one per
         request (each wake-up is a write to the loop's self-pipe and a turn of the loop)."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], Any]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Stream, Any]]] = {}
         with self._lock:
             for request_id, item in items:
                 stream = self._streams.get(request_id)
                 if stream is not None:
-                    by_loop.setdefault(stream.loop, []).append((stream.queue, item))
+                    by_loop.setdefault(stream.loop, []).append((stream, item))
         for loop, batch in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the consumer's loop is closed
                 loop.call_soon_threadsafe(_put_all, batch)
@@ -252,6 +274,6 @@ def _build_engine(config: EngineConfig) -> tuple[LLMEngine, int]:
         return pool.submit(build).result()
 
 
-def _put_all(batch: list[tuple[asyncio.Queue[Any], Any]]) -> None:
-    for stream_queue, item in batch:
-        stream_queue.put_nowait(item)
+def _put_all(batch: list[tuple[_Stream, Any]]) -> None:
+    for stream, item in batch:
+        stream.put(item)

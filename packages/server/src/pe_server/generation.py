@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -64,8 +65,9 @@ class Generation:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Generation:
-        for i, prompt in enumerate(self._prompts):
-            self._tasks.append(asyncio.create_task(self._pump(i, prompt)))
+        if len(self._prompts) > 1:  # one prompt is read in place: no task, no second queue
+            for i, prompt in enumerate(self._prompts):
+                self._tasks.append(asyncio.create_task(self._pump(i, prompt)))
         return self
 
     async def __aexit__(
@@ -101,6 +103,10 @@ class Generation:
 
     async def outputs(self) -> AsyncIterator[tuple[int, RequestOutput]]:
         """(prompt index, cumulative output) in arrival order until every prompt finished."""
+        if not self._tasks:
+            async for output in self._only_prompt():
+                yield 0, output
+            return
         num_open = len(self._prompts)
         while num_open:
             index, item = await self._queue.get()
@@ -110,6 +116,19 @@ class Generation:
                 raise engine_error(item)
             else:
                 yield index, item
+
+    async def _only_prompt(self) -> AsyncIterator[RequestOutput]:
+        rid = self.request_ids[0]
+        async with aclosing(self._backend.generate(self._prompts[0], self._params[0], rid)) as it:
+            try:
+                async for output in it:
+                    self._observe(0, output)
+                    yield output
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                raise engine_error(exc) from exc
+        self._unfinished.discard(rid)
 
     async def final_outputs(self) -> list[RequestOutput]:
         """The last output of every prompt, in prompt order."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,7 @@ class TransformersBackend:
 
     async def generate(
         self, prompt: Prompt, params: SamplingParams, request_id: str
-    ) -> AsyncIterator[RequestOutput]:
+    ) -> AsyncGenerator[RequestOutput, None]:
         if not self.is_healthy:
             raise EngineDeadError("backend not running")
         self._num_waiting += 1
@@ -131,7 +131,7 @@ class TransformersBackend:
 
     async def _run_locked(
         self, prompt: Prompt, params: SamplingParams, request_id: str
-    ) -> AsyncIterator[RequestOutput]:
+    ) -> AsyncGenerator[RequestOutput, None]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[RequestOutput | BaseException | None] = asyncio.Queue()
 
