@@ -66,7 +66,7 @@ class AsyncEngine:
 
     Handlers only submit, await and abort: commands go through an inbox that the engine
     thread drains at the start of each step; outputs come back through
-    ``loop.call_soon_threadsafe`` into a per-request ``asyncio.Queue``.
+    ``loop.call_soon_threadsafe`` (once per loop and step) into a per-request stream.
 
     On the CPU the engine thread is the process's one multi-threaded kernel user: the model is
     loaded on a thread that then exits, and other threads run kernels on one thread
