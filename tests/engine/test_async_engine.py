@@ -173,7 +173,7 @@ async def test_shutdown_fails_in_flight_requests(tiny_llama_dir: Path) -> None:
 
 
 async def test_the_engine_thread_is_the_one_multithreaded_kernel_user(
-    tiny_llama_dir: Path,
+    tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The model loads on a thread that exits, the engine thread runs kernels on the configured
     count, and threads that start kernels later get one (pe_engine/kernel_threads.py)."""
@@ -181,12 +181,23 @@ async def test_the_engine_thread_is_the_one_multithreaded_kernel_user(
 
     import torch
 
+    from pe_engine import async_engine
+
+    loaders: list[threading.Thread] = []
+    real_engine = async_engine.LLMEngine
+
+    def recording_engine(cfg: EngineConfig) -> Any:
+        loaders.append(threading.current_thread())
+        return real_engine(cfg)
+
     seen: list[int] = []
+    monkeypatch.setattr(async_engine, "LLMEngine", recording_engine)
     engine = AsyncEngine(
         config(tiny_llama_dir).model_copy(update={"num_threads": 2}),
         fault_injector=lambda step: seen.append(torch.get_num_threads()),
     )
-    assert not any(t.name.startswith("pe-engine-load") for t in threading.enumerate())
+    assert loaders and loaders[0] is not threading.current_thread()
+    assert not loaders[0].is_alive()  # the loading thread exited, and its OpenMP team with it
     main_threads = torch.get_num_threads()
     engine.start()
     try:
