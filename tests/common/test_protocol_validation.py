@@ -388,3 +388,152 @@ def test_detokenize_count_limit() -> None:
     with pytest.raises(InvalidRequestError) as info:
         decode_detokenize_request(body, "json", limits=RequestLimits(max_detokenize_tokens=2))
     assert (info.value.param, info.value.code) == ("tokens", "too_many_inputs")
+
+
+# ---- sequences per request: prompts x max(n, best_of) --------------------------------------
+
+SEQS = RequestLimits(max_seqs_per_request=8)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"prompt": ["a", "b", "c"], "n": 3}, "n"),
+        ({"prompt": ["a", "b"], "n": 2, "best_of": 5}, "best_of"),
+        ({"prompt": "a", "prompt_embeds": ["QQ==", "QQ=="], "n": 3}, "n"),
+        ({"prompt": "a", "prompt_embeds": ["QQ==", "QQ=="], "best_of": 3}, "best_of"),
+        # both over: n is the field to lower first
+        ({"prompt": ["a", "b", "c"], "n": 3, "best_of": 4}, "n"),
+    ],
+)
+def test_sequences_per_request_bound(body: dict[str, Any], param: str) -> None:
+    err = completion_error(body, SEQS)
+    assert (err.param, err.code) == (param, "too_many_inputs"), err.message
+    assert "the maximum is 8" in err.message
+
+
+def test_best_of_cannot_sidestep_the_default_bound() -> None:
+    """1024 prompts x best_of 128 would run 131,072 sequences."""
+    err = completion_error({"prompt": ["p"] * 1024, "best_of": 128})
+    assert (err.param, err.code) == ("best_of", "too_many_inputs")
+    assert "131072 sequences" in err.message and "4096" in err.message
+
+
+def test_sequences_at_the_bound_are_accepted() -> None:
+    body = json.dumps({"prompt": ["a", "b"], "n": 2, "best_of": 4}).encode()
+    assert decode_completion_request(body, "json", limits=SEQS).best_of == 4
+
+
+def test_chat_sequences_bound_names_n() -> None:
+    body = json.dumps({"messages": USER, "n": 9}).encode()
+    with pytest.raises(InvalidRequestError) as info:
+        decode_chat_request(body, "json", limits=SEQS)
+    assert (info.value.param, info.value.code) == ("n", "too_many_inputs")
+    body = json.dumps({"messages": USER, "n": 8}).encode()
+    assert decode_chat_request(body, "json", limits=SEQS).n == 8
+
+
+# ---- characters of text prompts, before any tokenizer ---------------------------------------
+
+CHARS = RequestLimits(max_prompt_chars=10, max_total_prompt_chars=25)
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "x" * 11,
+        ["short", "x" * 11],
+        ["x" * 10, "x" * 10, "x" * 6],  # each fits, the total does not
+    ],
+)
+def test_completion_prompt_chars(prompt: Any) -> None:
+    err = completion_error({"prompt": prompt}, CHARS)
+    assert (err.param, err.code) == ("prompt", "prompt_too_long"), err.message
+
+
+def test_completion_prompt_chars_at_the_bounds_and_token_ids() -> None:
+    for prompt in ("x" * 10, ["x" * 10, "x" * 10, "x" * 5], [[1] * 100]):
+        body = json.dumps({"prompt": prompt}).encode()
+        assert decode_completion_request(body, "json", limits=CHARS).prompt
+
+
+def test_prompt_chars_message_names_sizes() -> None:
+    err = completion_error({"prompt": "x" * 11}, CHARS)
+    assert err.message == "`prompt` holds a text prompt of 11 characters; the maximum is 10."
+    err = completion_error({"prompt": ["x" * 10] * 3}, CHARS)
+    assert err.message == (
+        "The text prompts in `prompt` hold 30 characters in total; the maximum is 25."
+    )
+
+
+def text_parts(*texts: str) -> list[dict[str, str]]:
+    return [{"type": "text", "text": text} for text in texts]
+
+
+TOOL_CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "x" * 8}}
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "user", "content": "x" * 11}],
+        [{"role": "user", "content": "x" * 6}, {"role": "assistant", "content": "y" * 5}],
+        [{"role": "user", "content": text_parts("x" * 6, "y" * 5)}],
+        [
+            {"role": "user", "content": text_parts("x" * 5)},
+            {
+                "role": "user",
+                "content": [{"type": "prompt_embeds", "data": "QQ=="}],
+                "name": "n" * 6,
+            },
+        ],
+        [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [TOOL_CALL]}],
+        [{"role": "tool", "content": "x" * 5, "tool_call_id": "i" * 6}],
+    ],
+)
+def test_chat_message_chars_count_across_messages(messages: list[dict[str, Any]]) -> None:
+    raw = json.dumps({"messages": messages}).encode()
+    for decode in (decode_chat_request, decode_tokenize_request):
+        with pytest.raises(InvalidRequestError) as info:
+            decode(raw, "json", limits=CHARS)
+        assert (info.value.param, info.value.code) == ("messages", "prompt_too_long")
+
+
+def test_chat_message_chars_at_the_bound() -> None:
+    messages = [
+        {"role": "user", "content": text_parts("x" * 5)},
+        {"role": "user", "content": "y" * 5},
+    ]
+    req = decode_chat_request(json.dumps({"messages": messages}).encode(), "json", limits=CHARS)
+    assert len(req.messages) == 2
+
+
+def test_tokenize_prompt_chars() -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        decode_tokenize_request(json.dumps({"prompt": "x" * 11}).encode(), "json", limits=CHARS)
+    assert (info.value.param, info.value.code) == ("prompt", "prompt_too_long")
+    req = decode_tokenize_request(json.dumps({"prompt": "x" * 10}).encode(), "json", limits=CHARS)
+    assert req.prompt == "x" * 10
+
+
+# ---- `prompt: ""` with embeds (vLLM's docs example) -----------------------------------------
+
+
+@pytest.mark.parametrize("prompt", ["", [""], ["", ""], None])
+def test_empty_text_with_embeds_is_no_text_prompt(prompt: Any) -> None:
+    body = json.dumps({"prompt": prompt, "prompt_embeds": "QQ=="}).encode()
+    req = decode_completion_request(body, "json")
+    assert req.prompt is None
+    assert req.prompt_embeds == ["QQ=="]
+
+
+@pytest.mark.parametrize("prompt", [["", "a"], "a", [[1, 2]]])
+def test_other_text_with_embeds_is_an_extra_prompt(prompt: Any) -> None:
+    body = json.dumps({"prompt": prompt, "prompt_embeds": ["QQ=="]}).encode()
+    assert decode_completion_request(body, "json").prompt
+
+
+@pytest.mark.parametrize("embeds", [None, [], ""])
+def test_empty_text_without_embeds_is_still_missing(embeds: Any) -> None:
+    err = completion_error({"prompt": "", "prompt_embeds": embeds})
+    assert (err.param, err.code) == ("prompt", "missing_parameter")

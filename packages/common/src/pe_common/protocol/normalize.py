@@ -50,12 +50,21 @@ _WIRE_NAMES = {
 
 
 def completion_request_from_body(body: CompletionRequestBody) -> CompletionRequest:
+    prompt_embeds = normalise_prompt_embeds(body.prompt_embeds)
+    prompt = normalise_prompt(body.prompt)
+    if prompt_embeds and is_only_empty_text(prompt):
+        prompt = None  # vLLM's docs send `prompt: ""` with embeds ("Required but empty")
     return CompletionRequest(
         **_shared_fields(body, _CompletionFields),
-        prompt=normalise_prompt(body.prompt),
-        prompt_embeds=normalise_prompt_embeds(body.prompt_embeds),
+        prompt=prompt,
+        prompt_embeds=prompt_embeds,
         stop=normalise_stop(body.stop),
     )
+
+
+def is_only_empty_text(prompt: list[str] | list[list[int]] | None) -> bool:
+    """``""`` or a list of nothing but ``""``: no text prompt when embeds come with it."""
+    return prompt is not None and len(prompt) > 0 and all(p == "" for p in prompt)
 
 
 def chat_request_from_body(body: ChatCompletionRequestBody) -> ChatCompletionRequest:

@@ -13,7 +13,7 @@ from typing import Union
 
 from pe_common.errors import InvalidRequestError
 from pe_common.protocol.chat import ChatCompletionRequest
-from pe_common.protocol.chat_message import ChatMessage
+from pe_common.protocol.chat_message import ChatMessage, TextPart
 from pe_common.protocol.completion import CompletionRequest
 from pe_common.protocol.limits import (
     DEFAULT_LIMITS,
@@ -30,6 +30,9 @@ BOTH_PROMPTS_MESSAGE = (
 )
 
 GenerateRequest = Union[CompletionRequest, ChatCompletionRequest]
+# Message fields besides `content` and `tool_calls` that hold text; getattr because the
+# reasoning fields exist only on servers that render them.
+_MESSAGE_TEXT_FIELDS = ("name", "tool_call_id", "reasoning", "reasoning_content")
 
 
 def validate_completion_request(
@@ -44,6 +47,8 @@ def validate_completion_request(
     _check_optional_int(req.prompt_logprobs, "prompt_logprobs", 0, limits.max_logprobs)
     if req.best_of is not None and not req.n <= req.best_of <= limits.max_n:
         raise _error(f"`best_of` must be at least `n` and at most {limits.max_n}.", "best_of")
+    num_prompts = len(req.prompt or []) + len(req.prompt_embeds or [])
+    _check_num_seqs(num_prompts, req.n, req.best_of, limits)
 
 
 def validate_chat_request(
@@ -52,6 +57,7 @@ def validate_chat_request(
     """Raise :class:`InvalidRequestError` for the first model-free rule ``req`` breaks."""
     _check_messages(req.messages, limits)
     _check_sampling(req, limits)
+    _check_num_seqs(1, req.n, None, limits)
     _check_max_tokens(req.max_tokens, "max_tokens", limits)
     _check_max_tokens(req.max_completion_tokens, "max_completion_tokens", limits)
     _check_min_tokens(req.min_tokens, req.effective_max_tokens, limits)
@@ -67,6 +73,8 @@ def validate_chat_request(
 def validate_tokenize_request(req: TokenizeRequest, limits: RequestLimits = DEFAULT_LIMITS) -> None:
     if (req.prompt is None) == (req.messages is None):
         raise _error("Exactly one of `prompt` and `messages` must be given.", "prompt")
+    if req.prompt is not None:
+        _check_prompt_chars(len(req.prompt), "prompt", limits)
     if req.messages is not None:
         _check_messages(req.messages, limits)
         if req.continue_final_message and req.add_generation_prompt:
@@ -103,12 +111,45 @@ def _check_prompts(req: CompletionRequest, limits: RequestLimits) -> None:
             if not prompt:
                 raise _error("The decoder prompt cannot be empty", "prompt", code="empty_prompt")
             _check_token_ids(prompt, "prompt")
-    num_choices = (len(prompts) + len(embeds)) * req.n
-    if num_choices > limits.max_choices:
-        raise _too_many(
-            f"The request asks for {num_choices} choices (prompts times `n`); the maximum is "
-            f"{limits.max_choices}.",
-            "n",
+    _check_text_prompt_chars(prompts, limits)
+
+
+def _check_num_seqs(num_prompts: int, n: int, best_of: int | None, limits: RequestLimits) -> None:
+    """Each prompt runs max(n, best_of) sequences; name the field that pushed it over."""
+    num_seqs = num_prompts * max(n, best_of or n)
+    if num_seqs <= limits.max_seqs_per_request:
+        return
+    param = "n" if num_prompts * n > limits.max_seqs_per_request else "best_of"
+    raise _too_many(
+        f"The request would run {num_seqs} sequences (prompts times `n`, or `best_of` when "
+        f"larger); the maximum is {limits.max_seqs_per_request}.",
+        param,
+    )
+
+
+def _check_text_prompt_chars(prompts: list[str] | list[list[int]], limits: RequestLimits) -> None:
+    total = 0
+    for prompt in prompts:
+        if isinstance(prompt, str):
+            _check_prompt_chars(len(prompt), "prompt", limits)
+            total += len(prompt)
+    if total > limits.max_total_prompt_chars:
+        raise _error(
+            f"The text prompts in `prompt` hold {total} characters in total; the maximum is "
+            f"{limits.max_total_prompt_chars}.",
+            "prompt",
+            code="prompt_too_long",
+        )
+
+
+def _check_prompt_chars(num_chars: int, param: str, limits: RequestLimits) -> None:
+    # before tokenizing: a prompt far longer than any context costs nothing to refuse
+    if num_chars > limits.max_prompt_chars:
+        raise _error(
+            f"`{param}` holds a text prompt of {num_chars} characters; the maximum is "
+            f"{limits.max_prompt_chars}.",
+            param,
+            code="prompt_too_long",
         )
 
 
@@ -197,6 +238,20 @@ def _check_messages(messages: list[ChatMessage], limits: RequestLimits) -> None:
     for message in messages:
         if message.content is None and message.role in ("system", "user"):
             raise _error(f"Messages with role `{message.role}` need `content`.", "messages")
+    _check_prompt_chars(sum(_message_chars(m) for m in messages), "messages", limits)
+
+
+def _message_chars(message: ChatMessage) -> int:
+    """Characters of the text a chat template may render from ``message``."""
+    content = message.content
+    texts: list[object] = [getattr(message, name, None) for name in _MESSAGE_TEXT_FIELDS]
+    if isinstance(content, list):
+        texts += [part.text for part in content if isinstance(part, TextPart)]
+    else:
+        texts.append(content)
+    for call in message.tool_calls or []:
+        texts += [call.id, call.function.name, call.function.arguments]
+    return sum(len(text) for text in texts if isinstance(text, str))
 
 
 def _check_tools(req: ChatCompletionRequest) -> None:
