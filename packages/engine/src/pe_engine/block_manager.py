@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from pe_engine.sequence import Sequence
 
 _ROOT_HASH = b"\x00" * 32
+_SALT_TAG = b"pe-cache-salt\x00"
 
 
 class Block:
@@ -37,7 +38,9 @@ class BlockManager:
 
     A full block's identity is a chained hash of its parent's hash, its token ids and a digest of
     the prompt-embeds rows (and their offsets) inside it, so equal placeholder ids carrying
-    different embeddings never collide. Freed blocks stay matchable until reused (oldest first).
+    different embeddings never collide. A sequence's ``cache_salt`` replaces the first block's
+    parent, so the chain keeps it in every later block: different salts never share a block.
+    Freed blocks stay matchable until reused (oldest first).
     """
 
     def __init__(
@@ -91,7 +94,7 @@ class BlockManager:
 
     def _is_same_block(self, block: Block, seq: Sequence, index: int) -> bool:
         start = index * self.block_size
-        parent = self._seq_hashes[seq.seq_id][index - 1] if index else _ROOT_HASH
+        parent = self._seq_hashes[seq.seq_id][index - 1] if index else root_hash(seq)
         return (
             block.parent_hash == parent
             and block.token_ids == tuple(seq.token_ids[start : start + self.block_size])
@@ -104,7 +107,7 @@ class BlockManager:
         while len(hashes) <= index:
             i = len(hashes)
             start = i * self.block_size
-            parent = hashes[-1] if hashes else _ROOT_HASH
+            parent = hashes[-1] if hashes else root_hash(seq)
             digest = self._embeds_digest(seq, start)
             h = hashlib.sha256(parent)
             h.update(array("q", seq.token_ids[start : start + self.block_size]).tobytes())
@@ -134,7 +137,7 @@ class BlockManager:
             if block.block_hash is None and block_hash not in self.hash_to_block_id:
                 start = i * self.block_size
                 block.block_hash = block_hash
-                block.parent_hash = self._seq_hashes[seq.seq_id][i - 1] if i else _ROOT_HASH
+                block.parent_hash = self._seq_hashes[seq.seq_id][i - 1] if i else root_hash(seq)
                 block.token_ids = tuple(seq.token_ids[start : start + self.block_size])
                 block.embeds_digest = self._seq_digests[seq.seq_id][i]
                 self.hash_to_block_id[block_hash] = block.block_id
@@ -225,3 +228,10 @@ class BlockManager:
         block.reset()
         block.ref_count = 1
         return block_id
+
+
+def root_hash(seq: Sequence) -> bytes:
+    """The parent of a sequence's first block: fixed without a salt, a digest of it with one."""
+    if seq.cache_salt is None:
+        return _ROOT_HASH
+    return hashlib.sha256(_SALT_TAG + seq.cache_salt.encode("utf-8", "surrogatepass")).digest()

@@ -9,6 +9,7 @@ from typing import Any, cast
 import torch
 
 from pe_common.codec import EmbedsLimits, decode_prompt_embeds, validate_prompt_embeds_tensor
+from pe_common.protocol.validation import check_cache_salt
 from pe_engine.chat import ChatPromptBuilder
 from pe_engine.config import EngineConfig
 from pe_engine.llm_engine import LLMEngine
@@ -51,12 +52,21 @@ class LLM:
 
         A prompt is a str, ``{"prompt": str}``, ``{"prompt_token_ids": [...]}``,
         ``{"prompt_embeds": tensor}`` ((N, H) or (1, N, H), any float dtype, any device) or a mixed
-        ``{"prompt_token_ids", "prompt_embeds", "is_token_ids" | "prompt_is_token_ids"}``.
+        ``{"prompt_token_ids", "prompt_embeds", "is_token_ids" | "prompt_is_token_ids"}``. Any
+        dict may carry vLLM's ``"cache_salt"``: only prompts with the same salt share cached
+        prefix blocks.
         """
         if isinstance(prompts, (str, Mapping, Prompt)):
             prompts = [prompts]
-        built = [self.engine.prompt_builder.build(p) for p in prompts]
+        built = [self._build(p) for p in prompts]
         return self._run(built, sampling_params, use_tqdm)
+
+    def _build(self, prompt: PromptInput) -> Prompt:
+        built = self.engine.prompt_builder.build(prompt)
+        if isinstance(prompt, Mapping) and prompt.get("cache_salt") is not None:
+            check_cache_salt(prompt["cache_salt"])
+            built.cache_salt = prompt["cache_salt"]
+        return built
 
     def chat(
         self,

@@ -16,12 +16,15 @@ class Prompt:
     ``token_ids`` has one entry per position (T); embed positions hold a placeholder id that is
     never looked up. ``prompt_embeds`` holds only the E embed rows (E == count of False in
     ``is_token_ids``), in position order. ``is_token_ids`` None means every position is a token.
+    ``cache_salt`` (vLLM's field) enters the hash of the first prefix-cache block, so prompts
+    with different salts never share cached blocks.
     """
 
     token_ids: list[int]
     prompt_embeds: torch.Tensor | None = None
     is_token_ids: list[bool] | None = None
     text: str | None = None
+    cache_salt: str | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -39,6 +42,10 @@ class Prompt:
         """Check the invariants between ids, mask and embeds; ``ValueError`` when broken."""
         if self.num_tokens == 0:
             raise ValueError("prompt must contain at least one position.")
+        if self.cache_salt is not None and (
+            not isinstance(self.cache_salt, str) or not self.cache_salt
+        ):
+            raise ValueError("cache_salt must be a non-empty string if provided.")
         if self.is_token_ids is None:
             if self.prompt_embeds is not None:
                 raise ValueError("prompt_embeds given without is_token_ids.")

@@ -47,6 +47,7 @@ class Sequence:
         prompt_embeds: torch.Tensor | None = None,
         is_token_ids: list[bool] | None = None,
         generator: torch.Generator | None = None,
+        cache_salt: str | None = None,
     ) -> None:
         self.seq_id = next(_seq_ids)
         self.request_id = request_id
@@ -60,6 +61,7 @@ class Sequence:
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0
         self.generator = generator
+        self.cache_salt = cache_salt  # every branch and every recompute keeps the prompt's salt
         # _num_embeds_before[p]: embed rows before position p, so a chunk's rows are one slice.
         self._num_embeds_before = _prefix_counts(self.is_token_ids)
         self._prompt_real_ids = _real_ids(self.token_ids, self.is_token_ids)
@@ -79,6 +81,7 @@ class Sequence:
             prompt_embeds=prompt.prompt_embeds,
             is_token_ids=prompt.is_token_ids,
             generator=generator,
+            cache_salt=prompt.cache_salt,
         )
 
     @property

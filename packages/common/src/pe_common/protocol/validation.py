@@ -33,6 +33,9 @@ GenerateRequest = Union[CompletionRequest, ChatCompletionRequest]
 # Message fields besides `content` and `tool_calls` that hold text; getattr because the
 # reasoning fields exist only on servers that render them.
 _MESSAGE_TEXT_FIELDS = ("name", "tool_call_id", "reasoning", "reasoning_content")
+CACHE_SALT_MESSAGE = "Parameter 'cache_salt' must be a non-empty string if provided."  # vLLM's
+# A salt is hashed once per request; the bound keeps what is forwarded to vLLM small.
+MAX_CACHE_SALT_CHARS = 256
 
 
 def validate_completion_request(
@@ -45,6 +48,7 @@ def validate_completion_request(
     _check_min_tokens(req.min_tokens, req.max_tokens, limits)
     _check_optional_int(req.logprobs, "logprobs", 0, limits.max_logprobs)
     _check_optional_int(req.prompt_logprobs, "prompt_logprobs", 0, limits.max_logprobs)
+    check_cache_salt(req.cache_salt, max_chars=MAX_CACHE_SALT_CHARS)
     if req.best_of is not None and not req.n <= req.best_of <= limits.max_n:
         raise _error(f"`best_of` must be at least `n` and at most {limits.max_n}.", "best_of")
     num_prompts = len(req.prompt or []) + len(req.prompt_embeds or [])
@@ -63,6 +67,7 @@ def validate_chat_request(
     _check_min_tokens(req.min_tokens, req.effective_max_tokens, limits)
     _check_optional_int(req.top_logprobs, "top_logprobs", 0, limits.max_logprobs)
     _check_optional_int(req.prompt_logprobs, "prompt_logprobs", 0, limits.max_logprobs)
+    check_cache_salt(req.cache_salt, max_chars=MAX_CACHE_SALT_CHARS)
     if req.top_logprobs and not req.logprobs:
         raise _error("when using `top_logprobs`, `logprobs` must be set to true.", "top_logprobs")
     if req.continue_final_message and req.add_generation_prompt:
@@ -87,6 +92,16 @@ def validate_detokenize_request(
     if len(req.tokens) > limits.max_detokenize_tokens:
         raise _too_many(f"`tokens` may hold at most {limits.max_detokenize_tokens} ids.", "tokens")
     _check_token_ids(req.tokens, "tokens")
+
+
+def check_cache_salt(salt: object, *, max_chars: int | None = None) -> None:
+    """vLLM's rule (None, or a non-empty string), plus an optional length bound."""
+    if salt is None:
+        return
+    if not isinstance(salt, str) or not salt:
+        raise _error(CACHE_SALT_MESSAGE, "cache_salt")
+    if max_chars is not None and len(salt) > max_chars:
+        raise _error(f"`cache_salt` must be at most {max_chars} characters long.", "cache_salt")
 
 
 def _check_prompts(req: CompletionRequest, limits: RequestLimits) -> None:
