@@ -57,6 +57,8 @@ class _ChatFields(RequestStruct, kw_only=True):
     prompt_logprobs: int | None = None
     add_special_tokens: bool = False
     truncate_prompt_tokens: int | None = None
+    # vLLM's prefix-cache salt; with API keys the server also salts by key
+    cache_salt: str | None = None
 
     @property
     def effective_max_tokens(self) -> int | None:

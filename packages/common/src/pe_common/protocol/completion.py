@@ -51,6 +51,8 @@ class _CompletionFields(RequestStruct, kw_only=True):
     prompt_logprobs: int | None = None
     add_special_tokens: bool = True
     truncate_prompt_tokens: int | None = None
+    # vLLM's prefix-cache salt; with API keys the server also salts by key
+    cache_salt: str | None = None
 
 
 class CompletionRequest(_CompletionFields, kw_only=True):
