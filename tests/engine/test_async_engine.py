@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,8 @@ from typing import Any
 import pytest
 
 from pe_engine import AsyncEngine, EngineConfig, EngineDeadError, EngineStepError, SamplingParams
+from pe_engine.async_engine import MAX_CONSECUTIVE_STEP_FAILURES
+from pe_engine.llm_engine import FAULT_STAGES, EngineFatalError
 from pe_engine.prompt_builder import build_text_prompt
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -137,28 +141,182 @@ async def test_a_failing_step_fails_its_requests_only(tiny_llama_dir: Path) -> N
         engine.shutdown()
 
 
-async def test_fault_injection_kills_the_engine_and_fails_everyone(tiny_llama_dir: Path) -> None:
-    def fault(step: int) -> None:
-        if step >= 5:
-            raise RuntimeError("injected fault")
+# ---- engine-thread faults: every request in flight fails, the engine is dead, nothing hangs -----
 
-    engine = AsyncEngine(config(tiny_llama_dir), fault_injector=fault)
+# Room for four 200-token requests without preemption, so none finishes before the fault.
+ROOMY = {"num_kv_blocks": 128}
+NUM_WHOLE = NUM_STREAMED = 2
+
+
+class ArmedFault:
+    """A fault injector that raises at ``stage`` once the test arms it."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.armed = threading.Event()
+
+    def __call__(self, stage: str, step: int) -> None:
+        if stage == self.stage and self.armed.is_set():
+            raise RuntimeError(f"injected fault at {stage}, step {step}")
+
+
+async def stream(engine: AsyncEngine, request_id: str, seen: list[Any]) -> None:
+    prompt = build_text_prompt(engine.tokenizer, f"streamed {request_id}")
+    async for out in engine.generate(prompt, params(200), request_id):
+        seen.append(out)
+
+
+async def start_in_flight(engine: AsyncEngine) -> tuple[list[asyncio.Task[Any]], list[list[Any]]]:
+    """Requests collected whole and streamed ones, all running and streams past their first
+    token; returns their tasks and each stream's outputs so far."""
+    seen: list[list[Any]] = [[] for _ in range(NUM_STREAMED)]
+    tasks = [
+        asyncio.create_task(collect(engine, f"whole {i}", f"whole-{i}", n=200))
+        for i in range(NUM_WHOLE)
+    ]
+    tasks += [
+        asyncio.create_task(stream(engine, f"streamed-{i}", seen[i])) for i in range(NUM_STREAMED)
+    ]
+    await wait_until(
+        lambda: all(seen) and engine.stats()["num_running"] == NUM_WHOLE + NUM_STREAMED
+    )
+    return tasks, seen
+
+
+async def assert_all_failed_dead(tasks: list[asyncio.Task[Any]]) -> list[BaseException]:
+    """Every task ends within seconds (a hang fails here) with EngineDeadError."""
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=15)
+    assert [type(r) for r in results] == [EngineDeadError] * len(tasks), results
+    return results
+
+
+async def assert_dead_and_shuts_down(engine: AsyncEngine) -> None:
+    assert not engine.is_healthy and engine.errored is not None
+    with pytest.raises(EngineDeadError):
+        await asyncio.wait_for(collect(engine, "after death", "late"), timeout=5)
+    assert engine.stats()["num_total_blocks"] > 0  # stats still answer
+    start = time.monotonic()
+    await asyncio.to_thread(engine.shutdown, 10.0)
+    assert time.monotonic() - start < 2.0  # the engine thread had exited: nothing to wait for
+
+
+@pytest.mark.parametrize("stage", FAULT_STAGES)
+async def test_a_fault_at_any_stage_fails_every_request_and_kills_the_engine(
+    tiny_llama_dir: Path, stage: str
+) -> None:
+    fault = ArmedFault(stage)
+    engine = AsyncEngine(config(tiny_llama_dir).model_copy(update=ROOMY), fault_injector=fault)
     engine.start()
     try:
-        results = await asyncio.wait_for(
-            asyncio.gather(
-                *(collect(engine, f"doomed {i}", f"d{i}", n=100) for i in range(3)),
-                return_exceptions=True,
-            ),
-            timeout=30,
-        )
-        assert all(isinstance(r, EngineDeadError) for r in results)
-        assert not engine.is_healthy and engine.errored is not None
-        with pytest.raises(EngineDeadError):
-            await collect(engine, "after death", "late")
-        assert engine.stats()["num_total_blocks"] > 0  # stats still answer
+        tasks, seen = await start_in_flight(engine)
+        fault.armed.set()
+        if stage == "inbox":
+            engine.abort("no-such-request")  # the inbox is drained only when a command comes
+        results = await assert_all_failed_dead(tasks)
+        assert all(isinstance(r.__cause__, EngineFatalError) for r in results)
+        assert f"the {stage} stage" in str(engine.errored)
+        assert all(not out.finished for outs in seen for out in outs)
+        await assert_dead_and_shuts_down(engine)
+    finally:
+        engine.shutdown(timeout=10.0)
+
+
+async def test_a_failure_inside_delivery_still_fails_every_stream(
+    tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not the hook before delivery: delivery itself breaks, so failing the streams must not go
+    through it; a consumer whose event loop is already closed does not stop the others."""
+    engine = AsyncEngine(config(tiny_llama_dir).model_copy(update=ROOMY))
+    engine.start()
+    deliver = engine._deliver_all
+    broken = threading.Event()
+
+    def breaking_deliver(items: Any) -> None:
+        if broken.is_set():
+            raise RuntimeError("delivery broke")
+        deliver(items)
+
+    monkeypatch.setattr(engine, "_deliver_all", breaking_deliver)
+    try:
+        orphan = await asyncio.to_thread(start_on_a_closed_loop, engine)
+        tasks, _ = await start_in_flight(engine)
+        broken.set()
+        await assert_all_failed_dead(tasks)
+        assert "delivery broke" in str(engine.errored)
+        await assert_dead_and_shuts_down(engine)
+        assert orphan.is_closed()
+    finally:
+        engine.shutdown(timeout=10.0)
+
+
+def start_on_a_closed_loop(engine: AsyncEngine) -> asyncio.AbstractEventLoop:
+    """A request whose consumer's event loop closed without closing the request's iterator."""
+    loop = asyncio.new_event_loop()
+    prompt = build_text_prompt(engine.tokenizer, "orphan")
+    outputs = engine.generate(prompt, params(200), "orphan")
+    loop.run_until_complete(outputs.__anext__())
+    loop.close()
+    return loop
+
+
+async def test_a_failing_abort_kills_the_engine(tiny_llama_dir: Path) -> None:
+    """An abort that raises leaves the engine's bookkeeping half done: fatal, not ignored."""
+    engine = AsyncEngine(config(tiny_llama_dir).model_copy(update=ROOMY))
+
+    def broken_abort(request_id: str) -> None:
+        raise RuntimeError("abort broke")
+
+    engine.engine.abort_request = broken_abort  # type: ignore[method-assign]
+    engine.start()
+    try:
+        tasks, _ = await start_in_flight(engine)
+        tasks[0].cancel()  # the consumer goes away: generate submits the abort
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[0]
+        await assert_all_failed_dead(tasks[1:])
+        assert "abort broke" in str(engine.errored)
+        await assert_dead_and_shuts_down(engine)
+    finally:
+        engine.shutdown(timeout=10.0)
+
+
+async def test_a_request_that_cannot_be_added_fails_alone(tiny_llama_dir: Path) -> None:
+    """add_request sees the caller's input, so its failure fails that request only."""
+    engine = AsyncEngine(config(tiny_llama_dir))
+    add = engine.engine.add_request
+
+    def picky_add(request_id: str, *args: Any, **kwargs: Any) -> None:
+        if request_id == "bad":
+            raise RuntimeError("cannot add")
+        add(request_id, *args, **kwargs)
+
+    engine.engine.add_request = picky_add  # type: ignore[method-assign]
+    engine.start()
+    try:
+        good = asyncio.create_task(collect(engine, "fine", "good"))
+        with pytest.raises(RuntimeError, match="cannot add"):
+            await asyncio.wait_for(collect(engine, "doomed", "bad"), timeout=10)
+        outs = await asyncio.wait_for(good, timeout=30)
+        assert outs[-1].finished and engine.is_healthy
     finally:
         engine.shutdown()
+
+
+async def test_failed_steps_in_a_row_kill_the_engine(tiny_llama_dir: Path) -> None:
+    engine = AsyncEngine(config(tiny_llama_dir))
+    engine.engine.runner = FlakyRunner(engine.engine.runner, set(range(1, 100)))
+    engine.start()
+    try:
+        for i in range(MAX_CONSECUTIVE_STEP_FAILURES):
+            assert engine.is_healthy
+            with pytest.raises(EngineStepError):
+                await asyncio.wait_for(collect(engine, "doomed", f"d{i}"), timeout=10)
+        await wait_until(lambda: not engine.is_healthy)
+        assert isinstance(engine.errored, EngineDeadError)
+        assert isinstance(engine.errored.__cause__, EngineStepError)
+        await assert_dead_and_shuts_down(engine)
+    finally:
+        engine.shutdown(timeout=10.0)
 
 
 async def test_shutdown_fails_in_flight_requests(tiny_llama_dir: Path) -> None:
@@ -194,7 +352,7 @@ async def test_the_engine_thread_is_the_one_multithreaded_kernel_user(
     monkeypatch.setattr(async_engine, "LLMEngine", recording_engine)
     engine = AsyncEngine(
         config(tiny_llama_dir).model_copy(update={"num_threads": 2}),
-        fault_injector=lambda step: seen.append(torch.get_num_threads()),
+        fault_injector=lambda stage, step: seen.append(torch.get_num_threads()),
     )
     assert loaders and loaders[0] is not threading.current_thread()
     assert not loaders[0].is_alive()  # the loading thread exited, and its OpenMP team with it

@@ -9,7 +9,7 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,7 +18,7 @@ import torch
 from pe_engine.chat import ChatPromptBuilder
 from pe_engine.config import EngineConfig
 from pe_engine.kernel_threads import claim_kernel_threads
-from pe_engine.llm_engine import EngineStepError, LLMEngine
+from pe_engine.llm_engine import EngineStepError, FaultInjector, LLMEngine
 from pe_engine.outputs import RequestOutput
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams
@@ -72,15 +72,19 @@ class AsyncEngine:
     loaded on a thread that then exits, and other threads run kernels on one thread
     (:mod:`pe_engine.kernel_threads` says why).
 
-    ``fault_injector`` (tests): called with the step number before every step; an exception
-    it raises kills the engine like an unrecoverable failure would.
+    Any exception on the engine thread outside the model runner's recoverable
+    :class:`EngineStepError` kills the engine: every request in flight fails with
+    :class:`EngineDeadError`, ``is_healthy`` turns False and new requests are refused.
+
+    ``fault_injector`` (tests): :attr:`LLMEngine.fault_injector`, called with ``(stage, step)``
+    at each of ``llm_engine.FAULT_STAGES``; what it raises kills the engine at that stage.
     """
 
     def __init__(
         self,
         config: EngineConfig,
         *,
-        fault_injector: Callable[[int], None] | None = None,
+        fault_injector: FaultInjector | None = None,
         engine: LLMEngine | None = None,
     ) -> None:
         self.config = config
@@ -89,7 +93,7 @@ class AsyncEngine:
         else:
             self._kernel_threads = torch.get_num_threads()
         self.engine = engine
-        self.fault_injector = fault_injector
+        self.engine.fault_injector = fault_injector
         # The caller side gets its own tokenizer copy: the engine thread detokenizes with its.
         self.tokenizer = copy.deepcopy(self.engine.tokenizer)
         self.chat_builder = ChatPromptBuilder(
@@ -108,6 +112,14 @@ class AsyncEngine:
         self._thread: threading.Thread | None = None
         self._num_failed_steps = 0
         self._stats = self.engine.stats()
+
+    @property
+    def fault_injector(self) -> FaultInjector | None:
+        return self.engine.fault_injector
+
+    @fault_injector.setter
+    def fault_injector(self, injector: FaultInjector | None) -> None:
+        self.engine.fault_injector = injector
 
     @property
     def is_healthy(self) -> bool:
@@ -177,27 +189,30 @@ class AsyncEngine:
     # ---- the engine thread ------------------------------------------------------------------
 
     def _run(self) -> None:
-        if self.engine.runner.device.type == "cpu":
-            claim_kernel_threads(self._kernel_threads)
-        while not self._stop:
-            self._wakeup.clear()
-            self._drain_inbox()
-            if not self.engine.has_unfinished_requests():
-                self._wakeup.wait()
-                continue
-            try:
-                if self.fault_injector is not None:
-                    self.fault_injector(self.engine.num_steps)
-                outputs = self.engine.step()
-            except EngineStepError as exc:
-                self._on_step_error(exc)
-                continue
-            except BaseException as exc:  # the engine state can no longer be trusted
-                self._die(exc)
-                return
-            self._num_failed_steps = 0
-            self._stats = self.engine.stats()
-            self._deliver_all([(output.request_id, output) for output in outputs])
+        try:
+            if self.engine.runner.device.type == "cpu":
+                claim_kernel_threads(self._kernel_threads)
+            while not self._stop and self.errored is None:
+                self._wakeup.clear()
+                self._drain_inbox()
+                if self.engine.has_unfinished_requests():
+                    self._step()
+                else:
+                    self._wakeup.wait()
+        except BaseException as exc:  # anywhere: the engine state can no longer be trusted
+            self._die(exc)
+
+    def _step(self) -> None:
+        try:
+            outputs = self.engine.step()
+        except EngineStepError as exc:
+            self._on_step_error(exc)
+            return
+        self._num_failed_steps = 0
+        self._stats = self.engine.stats()
+        if self.engine.fault_injector is not None:
+            self.engine.may_inject_fault("deliver")
+        self._deliver_all([(output.request_id, output) for output in outputs])
 
     def _drain_inbox(self) -> None:
         while True:
@@ -205,6 +220,8 @@ class AsyncEngine:
                 command, payload = self._inbox.get_nowait()
             except queue.Empty:
                 break
+            if self.engine.fault_injector is not None:
+                self.engine.may_inject_fault("inbox")
             if command == "add":
                 self._add(*payload)
             else:
@@ -214,6 +231,7 @@ class AsyncEngine:
         self._stats = self.engine.stats()
 
     def _add(self, request_id: str, prompt: Prompt, params: SamplingParams) -> None:
+        # A request that cannot be added fails alone: hostile input must not kill the engine.
         try:
             self.engine.add_request(request_id, prompt, params)
         except Exception as exc:
@@ -225,26 +243,27 @@ class AsyncEngine:
         self._stats = self.engine.stats()
         self._deliver_all([(request_id, exc) for request_id in exc.request_ids])
         if self._num_failed_steps >= MAX_CONSECUTIVE_STEP_FAILURES:
-            self._die(exc)
+            raise EngineDeadError(f"{self._num_failed_steps} engine steps failed in a row") from exc
 
     def _die(self, exc: BaseException) -> None:
-        log.error("engine loop died: %r", exc)
-        self.errored = exc
-        self._stats = self._safe_stats()
+        """Fail every stream, whatever else goes wrong: nothing here may raise."""
+        self.errored = exc  # first, so that generate refuses what _fail_all cannot see
         dead = EngineDeadError("the engine failed and cannot continue")
         dead.__cause__ = exc
         self._fail_all(dead)
-
-    def _safe_stats(self) -> dict[str, int]:
-        try:
-            return self.engine.stats()
-        except Exception:
-            return dict(self._stats)
+        with contextlib.suppress(Exception):
+            log.error("engine loop died", exc_info=exc)
+        with contextlib.suppress(Exception):
+            self._stats = self.engine.stats()
 
     def _fail_all(self, exc: BaseException) -> None:
+        """Wake every stream with ``exc`` on its own loop, without the delivery path (it may be
+        what failed); a stream whose loop is gone is skipped, the others still fail."""
         with self._lock:
-            request_ids = list(self._streams)
-        self._deliver_all([(request_id, exc) for request_id in request_ids])
+            streams = list(self._streams.values())
+        for stream in streams:
+            with contextlib.suppress(Exception):  # e.g. RuntimeError: the loop is closed
+                stream.loop.call_soon_threadsafe(stream.put, exc)
 
     def _deliver(self, request_id: str, item: RequestOutput | BaseException) -> None:
         self._deliver_all([(request_id, item)])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,17 @@ from pe_engine.prompt_builder import PromptBuilder
 from pe_engine.sampling_params import SamplingParams
 from pe_engine.scheduler import Scheduler
 from pe_engine.sequence import Sequence, SequenceStatus
+
+# Where a test's fault injector is called, in loop order: the AsyncEngine's command inbox, then
+# one step (schedule -> prepare -> forward -> sample -> detokenize), then output delivery.
+FAULT_STAGES = ("inbox", "schedule", "prepare", "forward", "sample", "detokenize", "deliver")
+# Test hook: called with a stage and the step number; what it raises is fatal at that stage.
+FaultInjector = Callable[[str, int], None]
+
+
+class EngineFatalError(RuntimeError):
+    """A failure after which the engine's state cannot be trusted: never a recoverable
+    :class:`EngineStepError`, the AsyncEngine dies on it."""
 
 
 class EngineStepError(RuntimeError):
@@ -71,6 +82,7 @@ class LLMEngine:
             enable_prompt_embeds=config.enable_prompt_embeds,
         )
         self._requests: dict[str, _Request] = {}
+        self._fault_injector: FaultInjector | None = None
         self.num_steps = 0
         self.num_scheduled_tokens = 0  # prompt, recompute and decode positions computed
         self.num_generation_tokens = 0
@@ -86,6 +98,28 @@ class LLMEngine:
     @property
     def dtype(self) -> Any:
         return self.runner.dtype
+
+    @property
+    def fault_injector(self) -> FaultInjector | None:
+        """Test hook, None in service: called with ``(stage, step)`` as each of
+        :data:`FAULT_STAGES` begins (``step``: :attr:`num_steps`, the step in progress)."""
+        return self._fault_injector
+
+    @fault_injector.setter
+    def fault_injector(self, injector: FaultInjector | None) -> None:
+        self._fault_injector = injector
+        # prepare, forward and sample happen inside the runner's run()
+        self.runner.fault_injector = None if injector is None else self.may_inject_fault
+
+    def may_inject_fault(self, stage: str) -> None:
+        """Call the fault injector, if any; what it raises becomes an :class:`EngineFatalError`
+        so that a fault inside the runner is not retried as a step error."""
+        if self._fault_injector is None:
+            return
+        try:
+            self._fault_injector(stage, self.num_steps)
+        except Exception as exc:
+            raise EngineFatalError(f"fault injected at the {stage} stage") from exc
 
     @property
     def num_free_blocks(self) -> int:
@@ -161,18 +195,24 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """schedule -> run -> postprocess; returns the outputs of requests that progressed."""
+        self.num_steps += 1
+        if self._fault_injector is not None:
+            self.may_inject_fault("schedule")
         scheduled = self.scheduler.schedule()
         step = self._execute(scheduled)
+        if self._fault_injector is not None:
+            self.may_inject_fault("detokenize")
         self._record_prompt_logprobs(scheduled, step)
         self.scheduler.postprocess(scheduled, step.samples)
         return self._collect_outputs(scheduled, step.samples)
 
     def _execute(self, scheduled: list[tuple[Sequence, int]]) -> StepOutput:
-        self.num_steps += 1
         if not scheduled:
             return StepOutput([], [])
         try:
             return self.runner.run(scheduled)
+        except EngineFatalError:
+            raise
         except Exception as exc:
             failed = list(dict.fromkeys(seq.request_id for seq, _ in scheduled))
             for request_id in failed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,10 @@ class _Batch:
 
 class ModelRunner:
     """Executes ``[(seq, num_new_tokens), ...]`` batches; never mutates the sequences."""
+
+    # Test hook (set through LLMEngine.fault_injector): called with "prepare", "forward" and
+    # "sample" as each begins in run().
+    fault_injector: Callable[[str], None] | None = None
 
     def __init__(self, config: EngineConfig) -> None:
         model_dir = Path(config.model)
@@ -212,11 +217,17 @@ class ModelRunner:
         output = StepOutput([None] * len(scheduled), [])
         if not scheduled:
             return output
+        if self.fault_injector is not None:
+            self.fault_injector("prepare")
         batch = self._prepare(scheduled)
+        if self.fault_injector is not None:
+            self.fault_injector("forward")
         hidden = self._forward(batch)
         output.prompt_logprobs = self._prompt_logprobs(scheduled, batch, hidden)
         if batch.sample_rows is None:
             return output
+        if self.fault_injector is not None:
+            self.fault_injector("sample")
         logits = self.model.compute_logits(hidden[batch.sample_rows])
         sampled = self.sampler(logits, [scheduled[i][0] for i in batch.sample_entries])
         for entry, result in zip(batch.sample_entries, sampled, strict=True):

@@ -100,8 +100,12 @@ class ServerConfig(BaseModel):
     retry_after: int = Field(1, ge=1)
     decode_threads: int = Field(2, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    # Test-only: the engine's forward pass raises after this many steps (fault injection).
+    # Test-only fault injection: the engine fails at test_fault_stage (pe_engine's
+    # FAULT_STAGES) of the first step after this many steps.
     test_fault_after_steps: int | None = Field(None, ge=0)
+    test_fault_stage: Literal[
+        "inbox", "schedule", "prepare", "forward", "sample", "detokenize", "deliver"
+    ] = "forward"
 
     @field_validator(*SIZE_FIELDS, mode="before")
     @classmethod

@@ -22,14 +22,16 @@ log = logging.getLogger("pe_server")
 
 
 class FaultAfterSteps:
-    """Test hook for the engine's ``fault_injector``: the step numbered ``num_steps`` raises."""
+    """Test hook for the engine's ``fault_injector``: ``stage`` raises once the engine is past
+    step ``num_steps``."""
 
-    def __init__(self, num_steps: int) -> None:
+    def __init__(self, num_steps: int, stage: str) -> None:
         self.num_steps = num_steps
+        self.stage = stage
 
-    def __call__(self, step: int) -> None:
-        if step >= self.num_steps:
-            raise RuntimeError(f"injected fault at engine step {step}")
+    def __call__(self, stage: str, step: int) -> None:
+        if stage == self.stage and step > self.num_steps:
+            raise RuntimeError(f"injected fault at the {stage} stage of engine step {step}")
 
 
 class NativeBackend:
@@ -77,11 +79,14 @@ class NativeBackend:
 
         config = await asyncio.to_thread(self.engine_config)
         engine = await asyncio.to_thread(AsyncEngine, config)
-        if self._config.test_fault_after_steps is not None:
+        c = self._config
+        if c.test_fault_after_steps is not None:
             log.warning(
-                "TEST HOOK: engine fails after %d steps", self._config.test_fault_after_steps
+                "TEST HOOK: engine fails at %s after %d steps",
+                c.test_fault_stage,
+                c.test_fault_after_steps,
             )
-            engine.fault_injector = FaultAfterSteps(self._config.test_fault_after_steps)
+            engine.fault_injector = FaultAfterSteps(c.test_fault_after_steps, c.test_fault_stage)
         engine.start()
         self.engine = engine
         self.tokenizer = engine.tokenizer
