@@ -20,6 +20,7 @@ from pe_common.protocol import (
     decode_chat_request,
     encode_json,
 )
+from pe_server.cache_salt import salt_prompts
 from pe_server.errors import APIError
 from pe_server.generation import Generation
 from pe_server.logprobs import chat_logprobs, wire_prompt_logprobs
@@ -56,6 +57,7 @@ async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     req = await decode_body(request, decode_chat_request)
     job = await prepare(state, req, request[REQUEST_ID])
+    salt_prompts(request, req.cache_salt, [job.prompt])
     if req.stream:
         return await stream_chat(request, state, job)
     async with Generation(

@@ -18,6 +18,7 @@ from pe_common.protocol import (
     decode_completion_request,
     encode_json,
 )
+from pe_server.cache_salt import salt_prompts
 from pe_server.errors import APIError
 from pe_server.generation import Generation
 from pe_server.logprobs import completion_logprobs, wire_prompt_logprobs
@@ -61,6 +62,7 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     req = await decode_body(request, decode_completion_request)
     job = await prepare(state, req, request[REQUEST_ID])
+    salt_prompts(request, req.cache_salt, job.prompts)
     if req.stream:
         return await stream_completion(request, state, job)
     async with Generation(
