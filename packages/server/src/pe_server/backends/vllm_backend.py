@@ -146,7 +146,14 @@ class VllmBackend:
 
 
 def engine_prompt(prompt: Prompt) -> dict[str, Any]:
-    """The vLLM prompt dict for pe's compact prompt."""
+    """The vLLM prompt dict for pe's compact prompt, with its (per-tenant) ``cache_salt``."""
+    inputs = engine_inputs(prompt)
+    if prompt.cache_salt is not None:
+        inputs["cache_salt"] = prompt.cache_salt
+    return inputs
+
+
+def engine_inputs(prompt: Prompt) -> dict[str, Any]:
     if prompt.prompt_embeds is None or prompt.is_token_ids is None:
         return {"prompt_token_ids": list(prompt.token_ids)}
     if prompt.is_pure_embeds:

@@ -181,6 +181,8 @@ class VllmRemoteBackend:
             return_token_ids=True,
             return_tokens_as_token_ids=params.logprobs is not None,
         )
+        if prompt.cache_salt is not None:  # the tenant's salt: vLLM's cache stays partitioned
+            body["cache_salt"] = prompt.cache_salt
         return json.dumps(body).encode()
 
 
