@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from server_harness import MODEL, ServerProcess, wait_until
+from server_harness import MODEL, ServerProcess, assert_error, wait_until
 
 from conftest import Embedder, start_server
 from pe_common.codec import encode_prompt_embeds
@@ -194,23 +194,31 @@ def test_sigterm_drains(plain: ServerProcess) -> None:
 # ---- engine failure ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+FAULTY_DRAIN_S = 10
+
+
+# forward: inside the model runner; deliver: on the engine loop after the step, where a raise
+# once left every stream waiting forever.
+@pytest.fixture(scope="module", params=["forward", "deliver"])
 def faulty(
-    tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[ServerProcess]:
-    """The engine's forward raises after a few steps (test hook PE_TEST_FAULT_AFTER_STEPS)."""
+    """The engine fails at one stage after a few steps (test hooks PE_TEST_FAULT_AFTER_STEPS,
+    PE_TEST_FAULT_STAGE)."""
     proc = start_server(
         tiny_llama_dir,
         tmp_path_factory.mktemp("faulty"),
-        "faulty",
-        ["--max-model-len", "512"],
-        env={"PE_TEST_FAULT_AFTER_STEPS": "40"},
+        f"faulty-{request.param}",
+        ["--max-model-len", "512", "--drain-timeout", str(FAULTY_DRAIN_S)],
+        env={"PE_TEST_FAULT_AFTER_STEPS": "40", "PE_TEST_FAULT_STAGE": request.param},
     )
     yield proc
     proc.stop()
 
 
 def test_engine_failure(faulty: ServerProcess) -> None:
+    """Catalogue row 47: in flight 500 / a terminal error event, then 503 everywhere, and the
+    process still exits on SIGTERM."""
     body: dict[str, Any] = {"model": MODEL, "prompt": TEXT, "max_tokens": 400, "ignore_eos": True}
     results: dict[str, Any] = {}
 
@@ -233,13 +241,12 @@ def test_engine_failure(faulty: ServerProcess) -> None:
     for t in threads:
         t.join(30)
         assert not t.is_alive()
-    plain = results["plain"]
-    assert plain.status_code == 500
-    assert plain.json()["error"]["type"] == "internal_error"
-    assert "Traceback" not in plain.text
+    assert_error(results["plain"], 500, "engine_error")
     data = [line for line in results["stream"] if line.startswith("data: ")]
     assert data[-1] == "data: [DONE]"
-    assert json.loads(data[-2][6:])["error"]["type"] == "internal_error"
+    assert json.loads(data[-2][6:])["error"]["code"] == "engine_error"
+    assert all("error" not in json.loads(line[6:]) for line in data[:-2])  # tokens came first
+    assert len(data) > 3
     assert faulty.get("/health").status_code == 503
     start = time.monotonic()
     refused = faulty.post("/v1/completions", json=body)
@@ -247,3 +254,5 @@ def test_engine_failure(faulty: ServerProcess) -> None:
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "engine_unavailable"
     assert np.isfinite(faulty.metrics()["pe_kv_total_blocks"])  # /metrics still answers
+    faulty.proc.send_signal(signal.SIGTERM)
+    assert faulty.proc.wait(FAULTY_DRAIN_S + 5) == 0
