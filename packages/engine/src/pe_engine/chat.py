@@ -8,17 +8,23 @@ its tensor has rows.
 
 from __future__ import annotations
 
-import copy
+import functools
 import re
 from typing import Any, Literal
 
 import torch
 
 from pe_common.errors import InvalidRequestError, PEValidationError
+from pe_engine.chat_render import (
+    PROMPT_EMBEDS_TOKEN,
+    RENDERER_ARGS,
+    ChatRenderPool,
+    render_chat,
+    with_sentinel,
+)
 from pe_engine.prompt import Prompt
 from pe_engine.prompt_builder import PLACEHOLDER_TOKEN_ID, embeds_disabled_error
 
-PROMPT_EMBEDS_TOKEN = "<prompt_embeds>"
 MARKER_PREFIX = PROMPT_EMBEDS_TOKEN + "__pe_embed_"
 _MARKER_RE = re.compile(re.escape(MARKER_PREFIX) + r"(\d+)__")
 
@@ -51,23 +57,35 @@ class ChatPromptBuilder:
         continue_final_message: bool = False,
         chat_template_kwargs: dict[str, Any] | None = None,
         tools: list[dict[str, Any]] | None = None,
+        content_format: ContentFormat | Literal["auto"] = "auto",
+        renderer: ChatRenderPool | None = None,
     ) -> Prompt:
-        """Apply the chat template and return the prompt (compact embeds, mask, placeholder 0)."""
-        content_format = detect_content_format(self._template_source(chat_template))
+        """Apply the chat template and return the prompt (compact embeds, mask, placeholder 0).
+
+        ``renderer``: a pool of render processes, each render within a time and memory budget
+        (the server's); without one the template runs in this thread (the offline ``LLM``,
+        whose caller is the one who chose the template).
+        """
+        _check_template_kwargs(chat_template_kwargs)
+        if content_format == "auto":
+            content_format = detect_content_format(self._template_source(chat_template))
         conversation, tensors = self._parse_messages(messages, content_format)
-        render_kwargs: dict[str, Any] = {
+        options: dict[str, Any] = {
             "chat_template": chat_template,
             "add_generation_prompt": add_generation_prompt and not continue_final_message,
             "continue_final_message": continue_final_message,
             "tools": tools,
-            **(chat_template_kwargs or {}),
         }
-        if not tensors:
-            text = self._render(self.tokenizer, conversation, render_kwargs)
+        embeds = bool(tensors)
+        if renderer is not None:
+            text = renderer.render(conversation, options, chat_template_kwargs, embeds=embeds)
+        else:
+            tokenizer = self.embeds_tokenizer() if embeds else self.tokenizer
+            text = render_chat(tokenizer, conversation, options, chat_template_kwargs)
+        if not embeds:
             ids = self.tokenizer.encode(text, add_special_tokens=False)
             return Prompt(token_ids=list(ids), prompt_embeds=None, is_token_ids=None, text=text)
         tokenizer = self.embeds_tokenizer()
-        text = self._render(tokenizer, conversation, render_kwargs)
         text, kept = _keep_rendered_markers(text, tensors)
         ids = tokenizer.encode(text, add_special_tokens=False)
         return self._expand_sentinels(list(ids), kept, text)
@@ -75,25 +93,12 @@ class ChatPromptBuilder:
     def embeds_tokenizer(self) -> Any:
         """A copy of the tokenizer with the ``<prompt_embeds>`` sentinel as a special token."""
         if self._embeds_tokenizer is None:
-            from tokenizers import AddedToken
-
-            tokenizer = copy.deepcopy(self.tokenizer)
-            tokenizer.add_tokens(
-                [AddedToken(PROMPT_EMBEDS_TOKEN, special=True)], special_tokens=True
-            )
-            ids = tokenizer.encode(PROMPT_EMBEDS_TOKEN, add_special_tokens=False)
-            if len(ids) != 1:
-                raise RuntimeError("the <prompt_embeds> sentinel did not encode to one token")
-            self._sentinel_id = ids[0]
-            self._embeds_tokenizer = tokenizer
+            self._embeds_tokenizer, self._sentinel_id = with_sentinel(self.tokenizer)
         return self._embeds_tokenizer
 
     def _template_source(self, chat_template: str | None) -> str:
         source = chat_template or getattr(self.tokenizer, "chat_template", None) or ""
         return source if isinstance(source, str) else ""
-
-    def _render(self, tokenizer: Any, conversation: list[dict[str, Any]], kwargs: Any) -> str:
-        return str(tokenizer.apply_chat_template(conversation, tokenize=False, **kwargs))
 
     def _parse_messages(
         self, messages: list[dict[str, Any]], content_format: ContentFormat
@@ -193,6 +198,25 @@ class ChatPromptBuilder:
         )
 
 
+def _check_template_kwargs(kwargs: dict[str, Any] | None) -> None:
+    if kwargs is None:
+        return
+    if not isinstance(kwargs, dict):
+        raise InvalidRequestError(
+            "chat_template_kwargs must be an object.",
+            code="invalid_parameter",
+            param="chat_template_kwargs",
+        )
+    reserved = sorted(set(kwargs) & RENDERER_ARGS)
+    if reserved:
+        raise InvalidRequestError(
+            f"chat_template_kwargs may not set the renderer's own argument {reserved[0]!r}; "
+            "use the request field of that name.",
+            code="invalid_parameter",
+            param=f"chat_template_kwargs.{reserved[0]}",
+        )
+
+
 def _check_part_tensor(data: Any) -> torch.Tensor:
     if not isinstance(data, torch.Tensor) or data.dim() != 2 or data.shape[0] < 1:
         raise PEValidationError(
@@ -225,6 +249,7 @@ def _keep_rendered_markers(
     return _MARKER_RE.sub(PROMPT_EMBEDS_TOKEN, text), [tensors[i] for i in order]
 
 
+@functools.lru_cache(maxsize=32)
 def detect_content_format(chat_template: str) -> ContentFormat:
     """ "openai" when the template loops over a message's content parts, else "string"."""
     import jinja2
@@ -232,7 +257,7 @@ def detect_content_format(chat_template: str) -> ContentFormat:
 
     try:
         ast = jinja2.Environment().parse(chat_template)
-    except jinja2.TemplateSyntaxError:
+    except (jinja2.TemplateSyntaxError, RecursionError):
         return "string"
     content_vars = {
         node.target.name

@@ -72,6 +72,23 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="accept prompt_embeds in requests",
     )
+    chat = p.add_argument_group("chat templates")
+    chat.add_argument("--chat-template", help="server-wide chat template: a file or the template")
+    chat.add_argument(
+        "--chat-template-content-format",
+        choices=("auto", "string", "openai"),
+        help="how message content reaches the template (auto: detected from the template)",
+    )
+    chat.add_argument(
+        "--trust-request-chat-template",
+        action="store_true",
+        default=None,
+        help="accept a request's own `chat_template` (it runs within the render budget)",
+    )
+    chat.add_argument("--chat-render-workers", type=int, help="chat template render processes")
+    chat.add_argument(
+        "--chat-render-timeout", type=float, help="seconds one chat template render may take"
+    )
     model.add_argument("--tokenizer")
     model.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"))
     model.add_argument("--device", choices=("auto", "cpu", "cuda"))
@@ -99,6 +116,17 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     limits.add_argument("--max-prompts", type=int, help="prompts per completions request")
     limits.add_argument("--max-content-parts", type=int, help="content parts per chat request")
     limits.add_argument("--max-n", type=int)
+    limits.add_argument(
+        "--max-seqs-per-request", type=int, help="prompts x max(n, best_of) per request"
+    )
+    limits.add_argument(
+        "--max-prompt-chars",
+        type=int,
+        help="characters of one text prompt or chat (default: 32 x max model length)",
+    )
+    limits.add_argument(
+        "--max-total-prompt-chars", type=int, help="characters of all text prompts of a request"
+    )
     limits.add_argument("--max-logprobs", type=int)
     timing = p.add_argument_group("timeouts")
     timing.add_argument(

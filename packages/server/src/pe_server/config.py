@@ -6,11 +6,13 @@ variables; a flag given on the command line wins over the environment.
 
 from __future__ import annotations
 
+import codecs
 import ipaddress
 import math
 import re
 import shlex
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -49,6 +51,20 @@ def parse_size(value: Any) -> Any:
     return int(float(match.group(1)) * SIZE_UNITS[unit])
 
 
+def load_chat_template(value: str) -> str:
+    """--chat-template as vLLM reads it: a file's text, or the template given inline (with
+    backslash escapes such as ``\\n`` interpreted); a path-like string that names no file fails."""
+    try:
+        path = Path(value).expanduser()
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    except (OSError, ValueError):  # a template, too long or odd for a file name
+        pass
+    if not any(c in value for c in "{}\n"):
+        raise ValueError(f"{value!r} looks like a file path, but there is no such file")
+    return codecs.decode(value, "unicode_escape") if "\\" in value else value
+
+
 class ServerConfig(BaseModel):
     """pe-server settings (frozen). Sizes are bytes, durations seconds."""
 
@@ -62,6 +78,14 @@ class ServerConfig(BaseModel):
     served_model_name: tuple[str, ...] = ()
     backend: Backend = "native"
     enable_prompt_embeds: bool = False
+    # Chat templates (vLLM's flags). --chat-template: a file, or the template itself.
+    chat_template: str | None = None
+    chat_template_content_format: Literal["auto", "string", "openai"] = "auto"
+    # Without it a request's own `chat_template` is a 400 (a template is a program).
+    trust_request_chat_template: bool = False
+    # Every render (any template) runs in one of these processes within this many seconds.
+    chat_render_workers: int = Field(2, ge=1, le=64)
+    chat_render_timeout: float = Field(2.0, gt=0, le=600)
     # --backend vllm: vLLM engine flags passed through as given (e.g. --tensor-parallel-size 2).
     vllm_args: tuple[str, ...] = ()
     # --backend vllm-remote: the vLLM server (``vllm serve --enable-prompt-embeds``) to forward to.
@@ -89,6 +113,13 @@ class ServerConfig(BaseModel):
     max_prompts: int = Field(1024, ge=1)
     max_content_parts: int = Field(256, ge=1)
     max_n: int = Field(128, ge=1)
+    # Sequences one request may run: prompts x max(n, best_of).
+    max_seqs_per_request: int = Field(4096, ge=1)
+    # Characters of one text prompt (a chat's messages count as one), refused before tokenizing;
+    # None: 32 per token of the context length.
+    max_prompt_chars: int | None = Field(None, ge=1)
+    # Characters of all text prompts of one completions request (tokenizer time it may cost).
+    max_total_prompt_chars: int = Field(2**24, ge=1)
     max_logprobs: int = Field(20, ge=0)
     # Timeouts.
     # Seconds a connection may take to send a request's head (slowloris).
@@ -127,6 +158,11 @@ class ServerConfig(BaseModel):
         if isinstance(value, str):
             return tuple(name.strip() for name in value.split(",") if name.strip())
         return value
+
+    @field_validator("chat_template")
+    @classmethod
+    def _load_chat_template(cls, value: str | None) -> str | None:
+        return None if value is None else load_chat_template(value)
 
     @field_validator("vllm_args", mode="before")
     @classmethod

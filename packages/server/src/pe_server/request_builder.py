@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pe_common.codec import EmbedsLimits, decode_prompt_embeds
 from pe_common.codec.tensor_view import MAX_DIM
 from pe_common.errors import PEValidationError
+from pe_common.protocol import encode_json
 from pe_server.errors import APIError
 from pe_server.state import ServerState
 
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 EMBEDS_PARAM = "prompt_embeds"
+# A request's own chat template (on a trusting server) and its template kwargs stay small.
+MAX_REQUEST_TEMPLATE_CHARS = 256 * 1024
+MAX_TEMPLATE_KWARGS_BYTES = 64 * 1024
 
 
 def context_error(max_model_len: int, num_prompt: int, max_tokens: int | None) -> APIError | None:
@@ -222,22 +226,55 @@ class PromptBuilder:
 
     # ---- chat ----------------------------------------------------------------------------
 
+    def check_chat_options(self, options: ChatOptions) -> None:
+        """Before anything is decoded or rendered: who may send a template, and sizes."""
+        if options.chat_template is not None:
+            if not self.config.trust_request_chat_template:
+                raise APIError.bad_request(
+                    "Chat template is passed with request, but --trust-request-chat-template is "
+                    "not set. Refused request with untrusted chat template.",
+                    code="untrusted_chat_template",
+                    param="chat_template",
+                )
+            if len(options.chat_template) > MAX_REQUEST_TEMPLATE_CHARS:
+                raise APIError.bad_request(
+                    f"chat_template may hold at most {MAX_REQUEST_TEMPLATE_CHARS} characters.",
+                    code="invalid_parameter",
+                    param="chat_template",
+                )
+        kwargs = options.chat_template_kwargs
+        if kwargs and len(encode_json(kwargs)) > MAX_TEMPLATE_KWARGS_BYTES:
+            raise APIError.bad_request(
+                f"chat_template_kwargs may hold at most {MAX_TEMPLATE_KWARGS_BYTES} bytes of JSON.",
+                code="invalid_parameter",
+                param="chat_template_kwargs",
+            )
+
     async def chat_prompt(self, messages: list[dict[str, Any]], options: ChatOptions) -> Prompt:
-        return await self.run(self._chat_prompt, messages, options)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.state.render_threads, self._chat_prompt, messages, options
+        )
 
     def _chat_prompt(self, messages: list[dict[str, Any]], options: ChatOptions) -> Prompt:
         import jinja2
 
+        from pe_engine.chat_render import ChatRenderBusyError
+
         try:
             prompt = self.backend.chat_builder.build(
                 messages,
-                chat_template=options.chat_template,
+                chat_template=options.chat_template or self.config.chat_template,
                 add_generation_prompt=options.add_generation_prompt,
                 continue_final_message=options.continue_final_message,
                 chat_template_kwargs=options.chat_template_kwargs,
+                content_format=self.config.chat_template_content_format,
+                renderer=self.state.chat_renderer,
             )
         except PEValidationError:
             raise
+        except ChatRenderBusyError:
+            raise APIError.overloaded(self.config.retry_after, code="chat_render_busy") from None
         except (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError):
             raise APIError.bad_request(
                 "The chat template could not be applied to these messages.",

@@ -6,7 +6,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
 
@@ -17,6 +17,9 @@ from pe_server.backends.base import Backend
 from pe_server.config import ServerConfig
 from pe_server.metrics import ServerMetrics
 from pe_server.sse import EventStream
+
+if TYPE_CHECKING:
+    from pe_engine.chat_render import ChatRenderPool
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 H = TypeVar("H", bound=Handler)
@@ -68,6 +71,9 @@ class ServerState:
     auth: ApiKeyAuth
     limits: RequestLimits = field(default_factory=RequestLimits)
     decode_pool: ThreadPoolExecutor | None = None
+    # Chat templates render in these processes; callers wait on these threads.
+    chat_renderer: ChatRenderPool | None = None
+    render_threads: ThreadPoolExecutor | None = None
     is_draining: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
 

@@ -74,6 +74,8 @@ def requested_logprobs(req: ChatCompletionRequest) -> int | None:
 async def prepare(state: ServerState, req: ChatCompletionRequest, request_id: str) -> ChatJob:
     model = check_model(state, req.model)
     builder = PromptBuilder(state)
+    options = ChatOptions.of(req)
+    builder.check_chat_options(options)
     chat: ChatInput = collect_chat_input(req.messages)
     builder.check_embeds_allowed(len(chat.payloads), chat=True)
     if state.config.enable_prompt_embeds:
@@ -90,10 +92,7 @@ async def prepare(state: ServerState, req: ChatCompletionRequest, request_id: st
     )
     builder.precheck_embeds(chat.payloads, max_tokens)
     tensors = await builder.decode_embeds(chat.payloads)
-    prompt = await builder.chat_prompt(
-        chat.messages(tensors),
-        ChatOptions.of(req),
-    )
+    prompt = await builder.chat_prompt(chat.messages(tensors), options)
     max_model_len = state.backend.info.max_model_len
     check_context(max_model_len, prompt.num_tokens, max_tokens)
     if max_tokens is None:

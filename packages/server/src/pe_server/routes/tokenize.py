@@ -28,13 +28,12 @@ async def tokenize(request: web.Request) -> web.Response:
     builder = PromptBuilder(state)
     tokenizer = state.backend.tokenizer
     if req.messages is not None:
+        options = ChatOptions.of(req)
+        builder.check_chat_options(options)
         chat = collect_chat_input(req.messages)
         builder.check_embeds_allowed(len(chat.payloads), chat=True)
         tensors = await builder.decode_embeds(chat.payloads)
-        prompt = await builder.chat_prompt(
-            chat.messages(tensors),
-            ChatOptions.of(req),
-        )
+        prompt = await builder.chat_prompt(chat.messages(tensors), options)
         ids = list(prompt.token_ids)
     else:
         text = req.prompt or ""
