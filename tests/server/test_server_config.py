@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -114,3 +115,29 @@ def test_cli_help_lists_vllm_flag_names() -> None:
         "--max-concurrent-requests", "--dtype",
     ):  # fmt: skip
         assert flag in result.stdout
+
+
+def cfg(*argv: str) -> ServerConfig:
+    return from_argv(list(argv))
+
+
+def test_cuda_flags_reach_the_engine_config() -> None:
+    from pe_server.backends.native import NativeBackend
+
+    config = cfg("m", "--gpu-memory-utilization", "0.5", "--enforce-eager")
+    engine = NativeBackend(config).engine_config()
+    assert (engine.gpu_memory_utilization, engine.enforce_eager) == (0.5, True)
+    default = NativeBackend(cfg("m")).engine_config()
+    assert (default.gpu_memory_utilization, default.enforce_eager) == (0.9, False)
+
+
+def test_chat_template_flag_reads_a_file_or_takes_the_template(tmp_path: Path) -> None:
+    path = tmp_path / "t.jinja"
+    path.write_text("{{ messages[0].content }}")
+    assert cfg("m", "--chat-template", str(path)).chat_template == "{{ messages[0].content }}"
+    inline = cfg("m", "--chat-template", "{% for m in messages %}{{ m.content }}\\n{% endfor %}")
+    assert inline.chat_template == "{% for m in messages %}{{ m.content }}\n{% endfor %}"
+    with pytest.raises(ValidationError, match="looks like a file path"):
+        cfg("m", "--chat-template", str(tmp_path / "missing.jinja"))
+    assert cfg("m").trust_request_chat_template is False
+    assert cfg("m", "--trust-request-chat-template").trust_request_chat_template is True

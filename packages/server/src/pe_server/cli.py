@@ -99,6 +99,17 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     model.add_argument("--kv-cache-memory", help="KV-cache bytes (e.g. 1GiB)")
     model.add_argument("--num-kv-blocks", type=int, help="exact KV-cache block count")
     model.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        help="CUDA: share of the GPU's memory for weights, activations and KV cache (0.9)",
+    )
+    model.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        default=None,
+        help="CUDA: run decode steps eagerly, without CUDA graphs",
+    )
+    model.add_argument(
         "--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None
     )
     model.add_argument("--seed", type=int)

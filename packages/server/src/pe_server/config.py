@@ -100,6 +100,9 @@ class ServerConfig(BaseModel):
     max_num_batched_tokens: int = Field(2048, ge=1)
     block_size: int = Field(16, ge=1)
     kv_cache_memory: int | None = Field(None, ge=1)
+    # CUDA (vLLM's flags): the device share the engine may fill, and no decode CUDA graphs.
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    enforce_eager: bool = False
     num_kv_blocks: int | None = Field(None, ge=1)
     enable_prefix_caching: bool = True
     seed: int = 0

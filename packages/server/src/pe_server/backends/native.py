@@ -68,6 +68,8 @@ class NativeBackend:
             block_size=c.block_size,
             num_kv_blocks=c.num_kv_blocks,
             kv_cache_memory=c.kv_cache_memory,
+            gpu_memory_utilization=c.gpu_memory_utilization,
+            enforce_eager=c.enforce_eager,
             enable_prompt_embeds=c.enable_prompt_embeds,
             enable_prefix_caching=c.enable_prefix_caching,
             max_embeds_bytes=c.max_embeds_bytes,
