@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -56,6 +57,61 @@ def test_vllm_tensor2base64_payload_is_accepted(client: openai.OpenAI, embedder:
     ours = complete(client, extra_body={"prompt_embeds": b64(rows)}, prompt=None)
     vllms = complete(client, extra_body={"prompt_embeds": tensor2base64(rows)}, prompt=None)
     assert vllms.choices[0].text == ours.choices[0].text
+
+
+def test_vllm_docs_example_with_empty_prompt(
+    client: openai.OpenAI, tiny_llama_dir: Path, embedder: Embedder
+) -> None:
+    """vLLM's prompt_embed_inference_with_openai_client.py, step by step: `prompt=""`
+    ("Required but empty") with the embeds gets one choice, the embeds' own."""
+    import torch
+    import transformers
+
+    transformers_model = transformers.AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir))
+    chat = [{"role": "user", "content": "Please tell me about the capital of France."}]
+    token_ids = embedder.tokenizer.apply_chat_template(
+        chat, add_generation_prompt=True, return_tensors="pt", return_dict=False
+    )
+    embedding_layer = transformers_model.get_input_embeddings()
+    prompt_embeds = embedding_layer(token_ids).squeeze(0)
+    assert prompt_embeds.requires_grad
+    buffer = io.BytesIO()
+    torch.save(prompt_embeds, buffer)
+    buffer.seek(0)
+    binary_data = buffer.read()
+    encoded_embeds = base64.b64encode(binary_data).decode("utf-8")
+
+    completion = client.completions.create(
+        model=MODEL,
+        # NOTE: The OpenAI client does not allow `None` as an input to
+        # `prompt`. Use an empty string if you have no text prompts.
+        prompt="",
+        max_tokens=5,
+        temperature=0.0,
+        # NOTE: The OpenAI client allows passing in extra JSON body via the
+        # `extra_body` argument.
+        extra_body={"prompt_embeds": encoded_embeds},
+    )
+    reference = client.completions.create(
+        model=MODEL,
+        prompt=None,  # type: ignore[arg-type]
+        max_tokens=5,
+        temperature=0.0,
+        extra_body={"prompt_embeds": encoded_embeds},
+    )
+    assert len(completion.choices) == 1
+    assert completion.choices[0].text == reference.choices[0].text
+    assert completion.usage.prompt_tokens == token_ids.shape[-1]
+
+
+def test_empty_prompt_list_with_embeds_is_no_text_prompt(
+    client: openai.OpenAI, embedder: Embedder
+) -> None:
+    embeds = {"prompt_embeds": [b64(embedder(TEXT)), b64(embedder(OTHER))]}
+    by_none = complete(client, prompt=None, extra_body=embeds)
+    by_empty = complete(client, prompt=["", ""], extra_body=embeds)
+    assert [c.text for c in by_empty.choices] == [c.text for c in by_none.choices]
+    assert len(by_empty.choices) == 2
 
 
 def test_raw_embeds_object(client: openai.OpenAI, embedder: Embedder) -> None:
