@@ -1,4 +1,5 @@
-"""Every stop condition through the engine, plus hostile inputs that must leave it usable."""
+"""Every stop condition through the engine (EOS: test_eos.py), plus hostile inputs that must
+leave it usable."""
 
 from __future__ import annotations
 
@@ -57,24 +58,6 @@ def test_stop_token_ids_and_min_tokens(llm: LLM, free_run: Any) -> None:
     later = run(llm, stop_token_ids=[target], min_tokens=first + 2, max_tokens=first + 2,
                 ignore_eos=True)  # fmt: skip
     assert later.finish_reason == "length"
-
-
-def test_eos_unless_ignore_eos(llm: LLM, free_run: Any) -> None:
-    scheduler = llm.engine.scheduler
-    saved = scheduler.eos_token_ids
-    eos = free_run.token_ids[4]
-    first = free_run.token_ids.index(eos)
-    scheduler.eos_token_ids = frozenset({eos})  # pretend the model's EOS is this token
-    try:
-        out = run(llm)
-        ignored = run(llm, ignore_eos=True, max_tokens=first + 3)
-        delayed = run(llm, min_tokens=first + 2, max_tokens=first + 2)
-    finally:
-        scheduler.eos_token_ids = saved
-    assert out.token_ids == free_run.token_ids[: first + 1]
-    assert out.finish_reason == "stop" and out.stop_reason is None
-    assert len(ignored.token_ids) == first + 3 and ignored.finish_reason == "length"
-    assert delayed.finish_reason == "length"
 
 
 @pytest.mark.parametrize("include", [False, True])

@@ -11,6 +11,7 @@ from pe_common.errors import InvalidRequestError
 from pe_engine.block_manager import BlockManager
 from pe_engine.config import EngineConfig
 from pe_engine.detokenizer import decode_token
+from pe_engine.eos import eos_token_ids
 from pe_engine.model_runner import ModelRunner, SampleResult, StepOutput
 from pe_engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from pe_engine.prompt import Prompt
@@ -57,8 +58,11 @@ class LLMEngine:
 
     def __init__(self, config: EngineConfig, *, runner: ModelRunner | None = None) -> None:
         self.config = config
-        self.runner = runner or ModelRunner(config)
         self.tokenizer = load_tokenizer(config)
+        # One EOS set for the whole engine: the runner's sampler bans it (min_tokens), the
+        # scheduler stops on it.
+        eos = eos_token_ids(config.model, config.hf_config, self.tokenizer)
+        self.runner = runner or ModelRunner(config, eos_token_ids=eos)
         self.max_model_len = self.runner.max_model_len
         self.block_manager = BlockManager(
             self.runner.num_kv_blocks,
@@ -70,7 +74,7 @@ class LLMEngine:
             max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens,
             max_model_len=self.max_model_len,
-            eos_token_ids=eos_token_ids(config, self.runner.hf_config, self.tokenizer),
+            eos_token_ids=self.runner.sampler.eos_token_ids,
             tokenizer=self.tokenizer,
         )
         self.prompt_builder = PromptBuilder(
@@ -343,21 +347,3 @@ def load_tokenizer(config: EngineConfig) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(config.tokenizer or config.model)
-
-
-def eos_token_ids(config: EngineConfig, hf_config: Any, tokenizer: Any) -> set[int]:
-    """EOS ids from the tokenizer and the model's generation config (there may be several)."""
-    ids: set[int] = set()
-    candidates: list[Any] = [getattr(tokenizer, "eos_token_id", None)]
-    try:
-        from transformers import GenerationConfig
-
-        candidates.append(GenerationConfig.from_pretrained(config.model).eos_token_id)
-    except OSError:
-        candidates.append(getattr(hf_config, "eos_token_id", None))
-    for candidate in candidates:
-        if isinstance(candidate, int):
-            ids.add(candidate)
-        elif isinstance(candidate, (list, tuple)):
-            ids.update(int(c) for c in candidate)
-    return ids

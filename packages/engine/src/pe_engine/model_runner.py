@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +18,7 @@ from pe_engine.attention import (
     TorchAttentionBackend,
 )
 from pe_engine.config import DEFAULT_CPU_KV_CACHE_MEMORY, EngineConfig
+from pe_engine.eos import eos_token_ids as model_eos_token_ids
 from pe_engine.models.loader import load_model
 from pe_engine.sampler import Sampler, SampleResult, prompt_logprobs
 from pe_engine.sequence import Sequence
@@ -60,7 +61,9 @@ class ModelRunner:
     # "sample" as each begins in run().
     fault_injector: Callable[[str], None] | None = None
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, *, eos_token_ids: Iterable[int] | None = None) -> None:
+        """``eos_token_ids``: the engine's one EOS set (``pe_engine.eos``); when None, the
+        model files' (a runner used without a tokenizer)."""
         model_dir = Path(config.model)
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(
@@ -89,9 +92,9 @@ class ModelRunner:
         self.num_kv_blocks = self._num_kv_blocks()
         self.kv_cache = self._allocate_kv_cache()
         self.decode_graphs = self._capture_decode_graphs()
-        self.sampler = Sampler(
-            _eos_token_ids(model_dir, self.hf_config), seed=config.seed, device=self.device
-        )
+        if eos_token_ids is None:
+            eos_token_ids = model_eos_token_ids(model_dir, self.hf_config)
+        self.sampler = Sampler(eos_token_ids, seed=config.seed, device=self.device)
 
     # ---- KV pool ------------------------------------------------------------------------------
 
@@ -454,24 +457,6 @@ def _max_model_len(config: EngineConfig, hf_config: Any) -> int:
             f"max_model_len={config.max_model_len} exceeds the model's limit of {limit} positions."
         )
     return config.max_model_len
-
-
-def _eos_token_ids(model_dir: Path, hf_config: Any) -> set[int]:
-    """EOS ids from generation_config.json and config.json (min_tokens masks them)."""
-    candidates: list[Any] = [getattr(hf_config, "eos_token_id", None)]
-    path = model_dir / "generation_config.json"
-    if path.is_file():
-        import json
-
-        with open(path, encoding="utf-8") as f:
-            candidates.append(json.load(f).get("eos_token_id"))
-    ids: set[int] = set()
-    for candidate in candidates:
-        if isinstance(candidate, int):
-            ids.add(candidate)
-        elif isinstance(candidate, list):
-            ids.update(int(c) for c in candidate)
-    return ids
 
 
 def _configure_threads(device: torch.device, num_threads: int | None) -> None:

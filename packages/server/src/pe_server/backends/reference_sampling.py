@@ -20,10 +20,18 @@ REPLACEMENT_CHAR = "\ufffd"
 class StepSampler:
     """Chooses each next token of one branch and decides when the branch stops."""
 
-    def __init__(self, params: SamplingParams, prompt: Prompt, branch: int, tokenizer: Any) -> None:
+    def __init__(
+        self,
+        params: SamplingParams,
+        prompt: Prompt,
+        branch: int,
+        tokenizer: Any,
+        eos_token_ids: frozenset[int],
+    ) -> None:
+        """``eos_token_ids``: the model's one EOS set (``pe_engine.eos``), as the engine's."""
         self.params = params
         self.tokenizer = tokenizer
-        self.eos_id = tokenizer.eos_token_id
+        self.eos_ids = frozenset() if params.ignore_eos else eos_token_ids
         self.stop_ids = set(params.stop_token_ids or [])
         mask = prompt.is_token_ids or [True] * len(prompt.token_ids)
         self.prompt_ids = [
@@ -39,7 +47,8 @@ class StepSampler:
         scores = self._penalised(logits.clone(), output_ids)
         if len(output_ids) < self.params.min_tokens:
             for tid in self._stop_token_ids():
-                scores[tid] = -float("inf")
+                if tid < scores.numel():  # a config may list ids past the model's vocab
+                    scores[tid] = -float("inf")
         if self.params.temperature == 0:
             token_id = int(torch.argmax(scores))
         else:
@@ -47,10 +56,7 @@ class StepSampler:
         return token_id, self._logprobs(raw, token_id)
 
     def _stop_token_ids(self) -> set[int]:
-        ids = set(self.stop_ids)
-        if not self.params.ignore_eos and self.eos_id is not None:
-            ids.add(self.eos_id)
-        return ids
+        return self.stop_ids | self.eos_ids
 
     def _penalised(self, scores: torch.Tensor, output_ids: list[int]) -> torch.Tensor:
         p = self.params
@@ -105,7 +111,7 @@ class StepSampler:
         if len(ids) >= self.params.min_tokens:
             if last in self.stop_ids:
                 return "stop", last
-            if not self.params.ignore_eos and last == self.eos_id:
+            if last in self.eos_ids:
                 return "stop", None
             stop = self._find_stop_string(ids)
             if stop is not None:
@@ -130,9 +136,7 @@ class StepSampler:
         if self._stop_text_end is not None:
             return self._decode(ids)[: self._stop_text_end]
         last = ids[-1] if ids else None
-        stopped_on_token = last in self.stop_ids or (
-            not self.params.ignore_eos and last == self.eos_id
-        )
+        stopped_on_token = last in self.stop_ids or last in self.eos_ids
         if stopped_on_token and not self.params.include_stop_str_in_output:
             ids = ids[:-1]
         return self._decode(ids)

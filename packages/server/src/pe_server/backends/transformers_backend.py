@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from pe_engine.eos import eos_token_ids
 from pe_engine.outputs import CompletionOutput, Logprob, RequestOutput
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams
@@ -44,6 +45,7 @@ class TransformersBackend:
         self._is_dead = False
         self.model: Any = None
         self.tokenizer: Any = None
+        self.eos_token_ids: frozenset[int] = frozenset()
         self.chat_builder: Any = None
         self.info = ModelInfo(hidden_size=0, max_model_len=0, dtype=torch.float32, vocab_size=0)
 
@@ -67,6 +69,7 @@ class TransformersBackend:
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=self._dtype(model_dir))
         self.model = model.to(device).eval()
         hf = self.model.config
+        self.eos_token_ids = eos_token_ids(model_dir, hf, self.tokenizer)  # as the native engine
         max_len = self._config.max_model_len or int(hf.max_position_embeddings)
         self.info = ModelInfo(
             hidden_size=int(hf.hidden_size),
@@ -222,7 +225,9 @@ class ReferenceRun:
 
         model = self.backend.model
         out = self.outputs[branch]
-        sampler = StepSampler(self.params, self.prompt, branch, self.tokenizer)
+        sampler = StepSampler(
+            self.params, self.prompt, branch, self.tokenizer, self.backend.eos_token_ids
+        )
         cache = DynamicCache()
         logits = model(inputs_embeds=prompt_embeds[None], past_key_values=cache, use_cache=True)
         step_logits = logits.logits[0, -1].float()
