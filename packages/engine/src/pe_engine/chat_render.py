@@ -251,7 +251,8 @@ class ChatRenderPool:
         if ready and not self._closed:
             self._idle.put(worker)
             return
-        log.error("a chat template render worker failed to start")
+        if not self._closed:
+            log.error("a chat template render worker failed to start")
         worker.kill()
         with self._lock:
             self._all.discard(worker)
