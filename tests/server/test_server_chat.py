@@ -112,19 +112,11 @@ def test_template_options(client: openai.OpenAI) -> None:
     plain = chat(client, messages)
     without = chat(client, messages, extra_body={"add_generation_prompt": False})
     assert without.usage.prompt_tokens < plain.usage.prompt_tokens
-    custom = chat(
-        client,
-        messages,
-        extra_body={
-            "chat_template": "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n"
-            "{% endfor %}{% if flag %}FLAG{% endif %}",
-            "chat_template_kwargs": {"flag": True},
-        },
-    )
-    assert custom.usage.prompt_tokens != plain.usage.prompt_tokens
+    # A request's own template needs --trust-request-chat-template (see
+    # test_server_chat_template.py for what a trusting server does with it).
     with pytest.raises(openai.BadRequestError) as info:
         chat(client, messages, extra_body={"chat_template": "{% for %}"})
-    assert info.value.body["code"] == "invalid_chat_template"
+    assert info.value.body["code"] == "untrusted_chat_template"
 
 
 def test_reserved_placeholder_in_text_is_refused(client: openai.OpenAI) -> None:

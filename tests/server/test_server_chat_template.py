@@ -163,9 +163,9 @@ def test_oversized_render_is_refused(trusting: ServerProcess) -> None:
     assert_error(response, 400, "chat_template_too_large")
 
 
-def test_template_error_is_a_400(trusting: ServerProcess) -> None:
-    response = chat(trusting, chat_template="{{ raise_exception('no') }}")
-    assert_error(response, 400, "invalid_chat_template")
+@pytest.mark.parametrize("template", ["{{ raise_exception('no') }}", "{% for %}", "{{ x.y.z }}"])
+def test_template_error_is_a_400(trusting: ServerProcess, template: str) -> None:
+    assert_error(chat(trusting, chat_template=template), 400, "invalid_chat_template")
 
 
 def test_sigterm_during_a_hostile_render_exits_within_the_drain(
