@@ -32,6 +32,23 @@ Codes that differ from the catalogue's, on purpose:
       decode budget before anything is decoded: decode_budget_exceeded.
   30  A header that is not a JSON object is not recognised as safetensors: unsupported_format.
   42  An empty prompt_embeds string is an absent prompt (as in vLLM): missing_parameter.
+pe's own rows, beyond security.md §11 (issue 17):
+  49  A request's chat_template that loops 10^10 times, multiplies a string to 10 GB or renders
+      megabytes: without --trust-request-chat-template 400 untrusted_chat_template in < 1 s;
+      with it 400 chat_template_timeout / chat_template_too_large within the render budget,
+      a plain completion and chat served meanwhile, SIGTERM still exits
+      (test_server_chat_template.py; the pool itself: tests/engine/test_chat_render.py).
+  50  One request that would run prompts x best_of = 1024 x 128 sequences: 400 too_many_inputs
+      naming best_of (or n) before any prompt is built (test_server_request_bounds.py).
+  51  Prefix-cache probing across tenants (timing, usage.prompt_tokens_details.cached_tokens):
+      with API keys every request's cache salt includes its key's digest, so tenant B sees
+      cached_tokens 0 for tenant A's prompt, with or without the same cache_salt
+      (test_server_tenants.py).
+  52  A 100 MB text prompt, or chat text over the cap: 400 prompt_too_long naming prompt or
+      messages, before any tokenizer runs (test_server_request_bounds.py).
+  53  The engine thread fails at any stage (inbox, schedule, prepare, forward, sample,
+      detokenize, deliver): row 47's answer for each (tests/engine/test_async_engine.py;
+      forward and deliver through the server in test_server_lifecycle.py).
 """
 
 from __future__ import annotations
