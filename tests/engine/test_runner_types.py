@@ -132,11 +132,12 @@ def test_sequence_bookkeeping_and_penalty_ids() -> None:
 
 
 def test_seeded_branches_get_distinct_reproducible_generators() -> None:
+    CPU = torch.device("cpu")
     params = SamplingParams(seed=7, n=2)
     draws = [
-        Sequence.from_prompt("r", Prompt([1]), params, branch=b).generator.initial_seed()
+        Sequence.from_prompt("r", Prompt([1]), params, branch=b).generator(CPU).initial_seed()
         for b in (0, 1, 0)
     ]
     assert draws[0] == draws[2] == 7 and draws[1] != 7
     assert branch_seed(7, 1) == branch_seed(7, 1)
-    assert Sequence.from_prompt("r", Prompt([1]), SamplingParams()).generator is None
+    assert Sequence.from_prompt("r", Prompt([1]), SamplingParams()).generator(CPU) is None

@@ -72,6 +72,28 @@ def test_seeded_rows_do_not_depend_on_the_batch(sampler: Sampler) -> None:
     assert len(set(alone)) > 1  # it really samples
 
 
+def test_cpu_tokens_are_those_of_the_host_noise_sampler(sampler: Sampler) -> None:
+    """Pinned: these came from the sampler that drew all noise on the host and copied it; the
+    device-side draw keeps them on CPU (seeded branches and the engine-wide stream alike)."""
+    seqs = [
+        make_seq(SamplingParams(seed=42, top_p=0.9)),
+        make_seq(SamplingParams(temperature=0.7)),
+        Sequence.from_prompt(
+            "r", Prompt([5, 6, 7]), SamplingParams(seed=7, n=2, temperature=0.7), branch=1
+        ),
+    ]
+    steps = [[r.token_id for r in sampler(random_logits(3, seed=100 + i), seqs)] for i in range(6)]
+    assert [list(row) for row in zip(*steps, strict=True)] == [
+        [31, 48, 1, 62, 54, 4],
+        [61, 22, 55, 31, 17, 19],
+        [46, 16, 54, 2, 3, 53],
+    ]
+    fresh = Sampler({EOS}, seed=0, device=torch.device("cpu"))
+    unseeded = [make_seq(SamplingParams(top_k=20)) for _ in range(2)]  # one draw for the batch
+    steps = [[r.token_id for r in fresh(random_logits(2, 200 + i), unseeded)] for i in range(4)]
+    assert [list(row) for row in zip(*steps, strict=True)] == [[62, 22, 52, 29], [63, 32, 41, 25]]
+
+
 def test_unseeded_rows_vary_and_seeds_differ(sampler: Sampler) -> None:
     logits = torch.zeros(1, VOCAB)
     unseeded = {sampler(logits, [make_seq(SamplingParams())])[0].token_id for _ in range(20)}
@@ -177,6 +199,16 @@ def test_min_tokens_masks_eos_and_stop_ids_until_reached(sampler: Sampler) -> No
     assert sampler(logits, [done])[0].token_id == EOS
     ignore = SamplingParams(temperature=0.0, min_tokens=2, ignore_eos=True)
     assert sampler(logits, [make_seq(ignore)])[0].token_id == EOS  # EOS is not a stop token
+
+
+def test_min_tokens_masks_every_id_of_the_eos_set() -> None:
+    sampler = Sampler({EOS, 40, 50}, seed=0, device=torch.device("cpu"))
+    logits = torch.zeros(1, VOCAB)
+    logits[0, [EOS, 40, 50, 30]] = torch.tensor([10.0, 9.5, 9.0, 8.0])
+    params = SamplingParams(temperature=0.0, min_tokens=1)
+    assert sampler(logits, [make_seq(params)])[0].token_id == 30
+    ignore = SamplingParams(temperature=0.0, min_tokens=1, ignore_eos=True)
+    assert sampler(logits, [make_seq(ignore)])[0].token_id == EOS
 
 
 def test_temperature_flattens_the_distribution(sampler: Sampler) -> None:

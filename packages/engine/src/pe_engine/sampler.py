@@ -3,12 +3,14 @@ per-sequence seeds, and logprobs of the raw distribution.
 
 Order (as vLLM): raw logprobs are taken first; then repetition, frequency and presence
 penalties; min_tokens masking; then, for random rows, temperature, min-p, top-k, top-p and an
-exponential race (``argmax(p / q)``, ``q ~ Exp(1)``) whose noise a seeded sequence draws from its
-own generator, so its tokens do not depend on the rest of the batch.
+exponential race (``argmax(p / q)``, ``q ~ Exp(1)``). The noise is drawn on the sampler's device
+(no per-step host-to-device copy of a [rows, vocab] tensor); a seeded sequence draws its row from
+its own generator on that device, so its tokens do not depend on the rest of the batch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import Any
@@ -30,11 +32,12 @@ class SampleResult:
 
 
 class Sampler:
-    def __init__(self, eos_token_ids: set[int], *, seed: int, device: torch.device) -> None:
-        self.eos_token_ids = sorted(eos_token_ids)
+    def __init__(self, eos_token_ids: Iterable[int], *, seed: int, device: torch.device) -> None:
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self._banned_eos_ids = sorted(self.eos_token_ids)
         self.device = device
-        # Noise of unseeded rows: one engine-wide stream (seeded from the engine config).
-        self.generator = torch.Generator().manual_seed(seed)
+        # Noise of unseeded rows: one engine-wide stream on the device (seeded from the config).
+        self.generator = torch.Generator(device).manual_seed(seed)
 
     def __call__(self, logits: torch.Tensor, seqs: Seq[Sequence]) -> list[SampleResult]:
         """``logits [len(seqs), vocab]`` float32 -> one result per sequence."""
@@ -82,7 +85,7 @@ class Sampler:
                 continue
             banned = list(params.stop_token_ids)
             if not params.ignore_eos:
-                banned += self.eos_token_ids
+                banned += self._banned_eos_ids
             banned = [t for t in banned if t < logits.shape[1]]
             if banned:
                 logits[i, banned] = float("-inf")
@@ -93,7 +96,7 @@ class Sampler:
         if rows:
             random_seqs = [seqs[i] for i in rows]
             probs = self._probs(logits[rows], random_seqs)
-            noise = self._noise(random_seqs, probs.shape[1]).to(probs.device)
+            noise = self._noise(random_seqs, probs.shape[1])
             token_ids[rows] = (probs / noise).argmax(dim=-1)
         return token_ids
 
@@ -124,15 +127,19 @@ class Sampler:
         return sorted_logits.scatter(1, order, sorted_logits)
 
     def _noise(self, seqs: Seq[Sequence], vocab_size: int) -> torch.Tensor:
-        noise = torch.empty(len(seqs), vocab_size)
-        unseeded = [i for i, s in enumerate(seqs) if s.generator is None]
+        """Exp(1) noise ``[len(seqs), vocab_size]`` on the device: unseeded rows from the engine
+        stream in one draw, each seeded row from its own generator."""
+        noise = torch.empty(len(seqs), vocab_size, device=self.device)
+        unseeded = [i for i, s in enumerate(seqs) if s.seed is None]
+        if len(unseeded) == len(seqs):
+            return noise.exponential_(generator=self.generator)
         if unseeded:
-            noise[unseeded] = torch.empty(len(unseeded), vocab_size).exponential_(
-                generator=self.generator
-            )
+            noise[unseeded] = torch.empty(
+                len(unseeded), vocab_size, device=self.device
+            ).exponential_(generator=self.generator)
         for i, seq in enumerate(seqs):
-            if seq.generator is not None:
-                noise[i].exponential_(generator=seq.generator)
+            if seq.seed is not None:
+                noise[i].exponential_(generator=seq.generator(self.device))
         return noise
 
     def _results(

@@ -46,7 +46,7 @@ class Sequence:
         *,
         prompt_embeds: torch.Tensor | None = None,
         is_token_ids: list[bool] | None = None,
-        generator: torch.Generator | None = None,
+        seed: int | None = None,
         cache_salt: str | None = None,
     ) -> None:
         self.seq_id = next(_seq_ids)
@@ -60,7 +60,8 @@ class Sequence:
         self.block_table: list[int] = []
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0
-        self.generator = generator
+        self.seed = seed  # this branch's own noise stream; None: the engine-wide stream
+        self._generator: torch.Generator | None = None
         self.cache_salt = cache_salt  # every branch and every recompute keeps the prompt's salt
         # _num_embeds_before[p]: embed rows before position p, so a chunk's rows are one slice.
         self._num_embeds_before = _prefix_counts(self.is_token_ids)
@@ -70,17 +71,17 @@ class Sequence:
     def from_prompt(
         cls, request_id: str, prompt: Prompt, sampling_params: SamplingParams, *, branch: int = 0
     ) -> Sequence:
-        """Branch ``branch`` of a request; a seeded request gets its own generator per branch."""
-        generator = None
+        """Branch ``branch`` of a request; a seeded request gets its own seed per branch."""
+        seed = None
         if sampling_params.seed is not None:
-            generator = torch.Generator().manual_seed(branch_seed(sampling_params.seed, branch))
+            seed = branch_seed(sampling_params.seed, branch)
         return cls(
             request_id,
             prompt.token_ids,
             sampling_params,
             prompt_embeds=prompt.prompt_embeds,
             is_token_ids=prompt.is_token_ids,
-            generator=generator,
+            seed=seed,
             cache_salt=prompt.cache_salt,
         )
 
@@ -113,6 +114,15 @@ class Sequence:
     def penalty_token_ids(self) -> list[int]:
         """Real token ids for penalties: prompt ids at token positions + generated ids."""
         return self._prompt_real_ids + self.output_token_ids
+
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        """This branch's noise generator on ``device`` (the sampler's, so the noise never
+        crosses devices), made at the first draw; None when unseeded."""
+        if self.seed is None:
+            return None
+        if self._generator is None:
+            self._generator = torch.Generator(device).manual_seed(self.seed)
+        return self._generator
 
     def append_token(self, token_id: int) -> None:
         self.token_ids.append(token_id)
