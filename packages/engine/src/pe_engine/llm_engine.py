@@ -12,7 +12,7 @@ from pe_engine.block_manager import BlockManager
 from pe_engine.config import EngineConfig
 from pe_engine.detokenizer import decode_token
 from pe_engine.eos import eos_token_ids
-from pe_engine.model_runner import ModelRunner, SampleResult, StepOutput
+from pe_engine.model_runner import ModelRunner, SampleResult, StepOutput, check_model_dir
 from pe_engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from pe_engine.prompt import Prompt
 from pe_engine.prompt_builder import PromptBuilder
@@ -58,6 +58,7 @@ class LLMEngine:
 
     def __init__(self, config: EngineConfig, *, runner: ModelRunner | None = None) -> None:
         self.config = config
+        check_model_dir(config)  # before the tokenizer, whose error for a bad path is obscure
         self.tokenizer = load_tokenizer(config)
         # One EOS set for the whole engine: the runner's sampler bans it (min_tokens), the
         # scheduler stops on it.

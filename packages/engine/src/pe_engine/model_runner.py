@@ -64,11 +64,7 @@ class ModelRunner:
     def __init__(self, config: EngineConfig, *, eos_token_ids: Iterable[int] | None = None) -> None:
         """``eos_token_ids``: the engine's one EOS set (``pe_engine.eos``); when None, the
         model files' (a runner used without a tokenizer)."""
-        model_dir = Path(config.model)
-        if not (model_dir / "config.json").is_file():
-            raise FileNotFoundError(
-                f"Model directory {model_dir} has no config.json (use 'demo' for the demo model)."
-            )
+        check_model_dir(config)
         self.config = config
         self.device = torch.device(config.device_name)
         _configure_threads(self.device, config.num_threads)
@@ -78,7 +74,7 @@ class ModelRunner:
         self.max_model_len = _max_model_len(config, self.hf_config)
         self.backend = _attention_backend(config, self.device)
         self.model = load_model(
-            model_dir,
+            config.model_dir,
             self.hf_config,
             dtype=self.dtype,
             device=self.device,
@@ -93,7 +89,7 @@ class ModelRunner:
         self.kv_cache = self._allocate_kv_cache()
         self.decode_graphs = self._capture_decode_graphs()
         if eos_token_ids is None:
-            eos_token_ids = model_eos_token_ids(model_dir, self.hf_config)
+            eos_token_ids = model_eos_token_ids(config.model_dir, self.hf_config)
         self.sampler = Sampler(eos_token_ids, seed=config.seed, device=self.device)
 
     # ---- KV pool ------------------------------------------------------------------------------
@@ -479,3 +475,11 @@ def _num_usable_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def check_model_dir(config: EngineConfig) -> None:
+    """A clear error for a model path that is not a Hugging Face model directory."""
+    if not (Path(config.model) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"Model directory {config.model} has no config.json (use 'demo' for the demo model)."
+        )
