@@ -50,6 +50,8 @@ class SamplingParams(TypedDict, total=False):
     truncate_prompt_tokens: int
     response_format: dict[str, Any]
     user: str
+    # vLLM's prefix-cache partition: only requests with the same salt share cached blocks.
+    cache_salt: str
 
 
 class CompletionParams(SamplingParams, total=False):
