@@ -1,11 +1,14 @@
-"""Fixtures of the vLLM tests: a tiny model vLLM's CPU attention accepts, and vLLM's env."""
+"""Fixtures of the vLLM tests: a tiny model vLLM's CPU attention accepts, vLLM's env, and a fake
+upstream."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fake_upstream import FakeUpstream
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +42,10 @@ def vllm_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "TMPDIR": str(scratch),
         "VLLM_RPC_BASE_PATH": str(scratch),
     }
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeUpstream]:
+    """A scripted stand-in for `vllm serve` (fake_upstream.py), one per test module."""
+    with FakeUpstream() as up:
+        yield up

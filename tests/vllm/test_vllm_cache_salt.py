@@ -29,12 +29,6 @@ HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as up:
-        yield up
-
-
-@pytest.fixture(scope="module")
 def gateway(
     tiny_llama_dir: Path, upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:

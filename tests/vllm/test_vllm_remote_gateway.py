@@ -28,12 +28,6 @@ UPSTREAM_KEY = "upstream-secret"
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as up:
-        yield up
-
-
-@pytest.fixture(scope="module")
 def gateway(
     tiny_llama_dir: Path, upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
