@@ -112,6 +112,28 @@ class Hostile:
                 self.statuses.append(response.status_code)
 
 
+def descendants(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [d for c in map(int, children) for d in (c, *descendants(c))]
+
+
+def pss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def render_memory_mib(server: Server) -> dict[str, float]:
+    """Proportional set size of the server and of its render processes (forkserver, workers)."""
+    helpers = descendants(server.proc.pid)
+    return {
+        "server_pss_mib": pss_mib(server.proc.pid),
+        "render_processes": len(helpers),
+        "render_pss_mib": sum(pss_mib(pid) for pid in helpers),
+    }
+
+
 def sigterm_seconds(server: Server) -> float:
     """Seconds from SIGTERM to exit with a hostile render in flight."""
     with Hostile(server.base_url, 1):
@@ -144,6 +166,7 @@ def main() -> None:
         server.wait_ready()
         latencies(server.base_url, 3, args.max_tokens)  # warm-up
         idle = latencies(server.base_url, args.num, args.max_tokens)
+        memory = render_memory_mib(server)
         with Hostile(server.base_url, args.hostile) as hostile:
             loaded = latencies(server.base_url, args.num, args.max_tokens)
         exit_s = sigterm_seconds(server)
@@ -158,6 +181,7 @@ def main() -> None:
         "hostile_median_s": statistics.median(hostile.seconds) if hostile.seconds else None,
         "p99_ratio": {k: loaded[k]["p99_ms"] / idle[k]["p99_ms"] for k in idle},
         "sigterm_exit_s": exit_s,
+        "memory": memory,
     }
     print_table(result)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -177,6 +201,11 @@ def print_table(r: dict[str, Any]) -> None:
     print(
         f"hostile renders: {r['hostile_requests']} answered {r['hostile_statuses']}, "
         f"median {r['hostile_median_s']:.2f} s; SIGTERM to exit: {r['sigterm_exit_s']:.2f} s"
+    )
+    m = r["memory"]
+    print(
+        f"PSS: server {m['server_pss_mib']:.0f} MiB, {m['render_processes']} render processes "
+        f"{m['render_pss_mib']:.0f} MiB"
     )
 
 
