@@ -18,6 +18,7 @@ import functools
 import logging
 import multiprocessing
 import os
+import pickle
 import queue
 import resource
 import threading
@@ -150,7 +151,8 @@ class ChatRenderPool:
         self.num_workers = num_workers
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(list(PRELOAD))
-        self._tokenizer = tokenizer
+        # Pickled once: a new worker must not cost the parent (the engine's process) a pickling.
+        self._tokenizer_bytes = pickle.dumps(tokenizer)
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._all: set[_Worker] = set()
         self._lock = threading.Lock()
@@ -233,7 +235,7 @@ class ChatRenderPool:
             parent, child = self._context.Pipe()
             process = self._context.Process(
                 target=_worker_main,
-                args=(child, self._tokenizer, self.limits),
+                args=(child, self._tokenizer_bytes, self.limits),
                 name="pe-chat-render",
                 daemon=True,
             )
@@ -261,10 +263,11 @@ class ChatRenderPool:
 _CODES = ("chat_template_timeout", "chat_template_too_large", "invalid_chat_template")
 
 
-def _worker_main(conn: Any, tokenizer: Any, limits: RenderLimits) -> None:
+def _worker_main(conn: Any, tokenizer_bytes: bytes, limits: RenderLimits) -> None:
     """The worker process: load, say ready, then render one job at a time until the pipe ends."""
     with contextlib.suppress(OSError):
-        os.nice(10)  # the engine's kernels come first
+        os.nice(19)  # the engine's kernels first; an honest render takes milliseconds
+    tokenizer = pickle.loads(tokenizer_bytes)  # the parent's own bytes
     tokenizers: dict[bool, Any] = {False: tokenizer}
     _limit_memory(limits.max_memory_bytes)
     conn.send_bytes(_OK)
