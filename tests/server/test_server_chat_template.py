@@ -12,12 +12,13 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from server_harness import MODEL, ServerProcess, assert_error
+from server_harness import MODEL, ServerProcess, assert_error, wait_until
 
 from conftest import start_server
 from pe_server.serve import SHUTDOWN_GRACE_S
@@ -189,3 +190,26 @@ def test_sigterm_during_a_hostile_render_exits_within_the_drain(
     assert server.proc.returncode == 0
     server.stop()
     thread.join(30)
+
+
+def test_no_free_renderer_within_the_budget_is_a_503(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    flags = ["--trust-request-chat-template", "--chat-render-workers", "1"]
+    flags += ["--chat-render-timeout", "1"]
+    server = start_server(tiny_llama_dir, tmp_path, "one-worker", flags)
+    try:
+        assert chat(server).status_code == 200  # the worker is up
+        # The first holds the only worker for its whole budget; the others wait one budget for
+        # it (its replacement starts only after the kill) and are turned away.
+        with ThreadPoolExecutor(3) as pool:
+            first = pool.submit(chat, server, chat_template=DOS_TEMPLATE)
+            time.sleep(0.2)
+            others = [pool.submit(chat, server, chat_template=DOS_TEMPLATE) for _ in range(2)]
+            responses = [first.result(), *(f.result() for f in others)]
+        assert_error(responses[0], 400, "chat_template_timeout")
+        busy = [r for r in responses[1:] if r.status_code == 503]
+        assert busy, [r.status_code for r in responses]
+        error = assert_error(busy[0], 503, "chat_render_busy")
+        assert busy[0].headers["Retry-After"] == "1", error
+        assert wait_until(lambda: chat(server).status_code == 200, 10.0)
+    finally:
+        server.stop()
