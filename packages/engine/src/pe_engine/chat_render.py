@@ -57,13 +57,18 @@ class RenderLimits:
     max_memory_bytes: int = 1 * 2**30
 
 
+# The codes a render can fail with, and their fixed messages (never the template's own text).
+RENDER_ERRORS = {
+    "chat_template_timeout": "Rendering the chat template took longer than its time budget.",
+    "chat_template_too_large": "The rendered chat exceeds the render size or memory budget.",
+    "invalid_chat_template": "The chat template could not be applied to these messages.",
+}
+
+
 def render_error(code: str) -> PEValidationError:
-    messages = {
-        "chat_template_timeout": "Rendering the chat template took longer than its time budget.",
-        "chat_template_too_large": "The rendered chat exceeds the render size or memory budget.",
-        "invalid_chat_template": "The chat template could not be applied to these messages.",
-    }
-    return PEValidationError(messages[code], code=code, param="messages")
+    """The 400 for ``code``; a code this module does not know reads as an invalid template."""
+    code = code if code in RENDER_ERRORS else "invalid_chat_template"
+    return PEValidationError(RENDER_ERRORS[code], code=code, param="messages")
 
 
 def with_sentinel(tokenizer: Any) -> tuple[Any, int]:
@@ -196,7 +201,7 @@ class ChatRenderPool:
             self._replace(worker)
         else:
             self._idle.put(worker)
-        raise render_error(code if code in _CODES else "invalid_chat_template")
+        raise render_error(code)
 
     def close(self) -> None:
         """Kill every worker; later renders raise :class:`ChatRenderBusyError`."""
@@ -258,9 +263,6 @@ class ChatRenderPool:
         worker.kill()
         with self._lock:
             self._all.discard(worker)
-
-
-_CODES = ("chat_template_timeout", "chat_template_too_large", "invalid_chat_template")
 
 
 def _worker_main(conn: Any, tokenizer_bytes: bytes, limits: RenderLimits) -> None:
