@@ -2,9 +2,10 @@
 
 Each entry point decodes the wire body with a reused msgspec decoder, normalises the
 polymorphic fields (see :mod:`pe_common.protocol.normalize`) and runs the model-free checks
-(see :mod:`pe_common.protocol.validation`). Anything wrong with the body becomes an
-:class:`InvalidRequestError` with a fixed message that names the field path and never
-echoes body bytes; no other exception escapes for any input.
+(see :mod:`pe_common.protocol.validation`). A body the strict decoder refuses is read once
+more with vLLM's lax scalars (see :mod:`pe_common.protocol.lax`). Anything wrong with the
+body becomes an :class:`InvalidRequestError` with a fixed message that names the field path
+and never echoes body bytes; no other exception escapes for any input.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import msgspec
 from pe_common.errors import InvalidRequestError
 from pe_common.protocol.chat import ChatCompletionRequest, ChatCompletionRequestBody
 from pe_common.protocol.completion import CompletionRequest, CompletionRequestBody
+from pe_common.protocol.lax import LaxFields
 from pe_common.protocol.limits import DEFAULT_LIMITS, RequestLimits
 from pe_common.protocol.normalize import (
     chat_request_from_body,
@@ -34,7 +36,7 @@ from pe_common.protocol.validation import (
 BodyKind = Literal["json", "msgpack"]
 Body = bytes | bytearray | memoryview
 
-T = TypeVar("T")
+T = TypeVar("T", bound=msgspec.Struct)
 
 _FORMAT_NAMES = {"json": "JSON", "msgpack": "msgpack"}
 _CODES = {"json": "invalid_json", "msgpack": "invalid_msgpack"}
@@ -51,8 +53,10 @@ class _BodyDecoder(Generic[T]):
     """The reused JSON and msgpack decoders of one body type."""
 
     def __init__(self, kind: type[T]) -> None:
+        self.kind = kind
         self.json = msgspec.json.Decoder(kind)
         self.msgpack = msgspec.msgpack.Decoder(kind)
+        self.lax_fields = LaxFields(kind)
 
     def decode(self, body: Body, kind: BodyKind) -> T:
         if kind == "json":
@@ -64,13 +68,28 @@ class _BodyDecoder(Generic[T]):
         try:
             return decoder.decode(body)
         except msgspec.ValidationError as exc:
-            raise _validation_error(str(exc), kind) from None
+            strict_error = str(exc)
         except msgspec.DecodeError as exc:
             raise _malformed(f"is not valid {_FORMAT_NAMES[kind]}", str(exc), kind) from None
         except UnicodeDecodeError:
             raise _malformed("contains invalid UTF-8", "", kind) from None
         except RecursionError:
             raise _malformed("is nested too deeply", "", kind) from None
+        return self._decode_lax(body, kind, strict_error)
+
+    def _decode_lax(self, body: Body, kind: BodyKind, strict_error: str) -> T:
+        """Read vLLM's lax scalars (``"5"``, ``true`` for numbers, ``1`` for flags), or
+        raise the strict error when the body has none; paid only by refused bodies."""
+        try:
+            raw = msgspec.json.decode(body) if kind == "json" else msgspec.msgpack.decode(body)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            raw = None  # the strict decoder parsed it; never expected
+        if not isinstance(raw, dict) or not self.lax_fields.coerce(raw):
+            raise _validation_error(strict_error, kind)
+        try:
+            return msgspec.convert(raw, self.kind, str_keys=kind == "json")
+        except msgspec.ValidationError as exc:
+            raise _validation_error(str(exc), kind) from None
 
 
 _COMPLETION = _BodyDecoder(CompletionRequestBody)
