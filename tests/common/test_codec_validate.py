@@ -84,7 +84,7 @@ def test_non_float_and_non_finite() -> None:
 
 def test_tensor_kinds() -> None:
     expect_code([[1.0] * H], "unsupported_tensor_kind")
-    expect_code(torch.ones(2, H).to_sparse(), "unsupported_layout")
+    expect_code(torch.ones(2, H).to_sparse_bsr((1, 2)), "unsupported_layout")
     expect_code(torch.empty(2, H, device="meta"), "unsupported_tensor_kind")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -24,6 +24,7 @@ ERROR_CODES = (
     "non_finite_values",
     "too_large",
     "invalid_safetensors",
+    "invalid_sparse",
 )
 
 __all__ = [

@@ -63,14 +63,14 @@ def decode_prompt_embeds(
     """
     import torch
 
-    from pe_common.codec.materialize_torch import to_tensor
+    from pe_common.codec.materialize_torch import TORCH_NAMES, to_tensor
 
     check_hidden_size(hidden_size)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError("dtype must be a floating-point torch.dtype")
+    if not isinstance(dtype, torch.dtype) or dtype not in TORCH_NAMES:
+        raise ValueError("dtype must be torch.float32, torch.float16 or torch.bfloat16")
     with param_scope(param):
         view = decode_view(
-            data, hidden_size=hidden_size, target_itemsize=dtype.itemsize, limits=limits
+            data, hidden_size=hidden_size, target_dtype=TORCH_NAMES[dtype], limits=limits
         )
         return to_tensor(view, dtype)
 
@@ -92,7 +92,5 @@ def decode_prompt_embeds_numpy(
     if target.name not in NUMPY_TARGETS:
         raise ValueError("dtype must be float32 or float16")
     with param_scope(param):
-        view = decode_view(
-            data, hidden_size=hidden_size, target_itemsize=target.itemsize, limits=limits
-        )
+        view = decode_view(data, hidden_size=hidden_size, target_dtype=target.name, limits=limits)
         return to_array(view, target)

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 SUPPORTED_DTYPES = ("float32", "float16", "bfloat16")
 
-ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
+# Element sizes of the payload dtypes the codec reads (float64 only from torch.save files).
+ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
 # Fixed overhead a container may add around the tensor bytes (zip headers, padding, records).
 CONTAINER_SLACK_BYTES = 64 * 1024

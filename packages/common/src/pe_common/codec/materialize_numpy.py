@@ -8,7 +8,7 @@ from pe_common.codec.tensor_view import TensorView
 from pe_common.errors import PromptEmbedsError
 
 NUMPY_TARGETS = ("float32", "float16")
-_SOURCE_DTYPES = {"float32": "<f4", "float16": "<f2", "bfloat16": "<u2"}
+_SOURCE_DTYPES = {"float32": "<f4", "float16": "<f2", "bfloat16": "<u2", "float64": "<f8"}
 
 
 def to_array(view: TensorView, dtype: np.dtype) -> np.ndarray:

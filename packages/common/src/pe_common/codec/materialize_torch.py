@@ -10,7 +10,14 @@ from pe_common.codec.limits import ITEMSIZE
 from pe_common.codec.tensor_view import TensorView
 from pe_common.errors import PromptEmbedsError
 
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TORCH_DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+# The dtypes a payload may be materialised in (an engine's model dtype).
+TORCH_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
 def to_tensor(view: TensorView, dtype: torch.dtype) -> torch.Tensor:

@@ -24,20 +24,25 @@ from pe_common.codec.torch_zip import LEGACY_PICKLE_MAGIC, ZIP_MAGIC, parse_torc
 from pe_common.errors import PromptEmbedsError
 
 _FORMATS_TEXT = (
-    "a base64 torch.save zip of one dense tensor, a safetensors file with one tensor, "
+    "a base64 torch.save zip of one tensor, a safetensors file with one tensor, "
     "or raw bytes with dtype and shape"
 )
 
 
 def decode_view(
-    data: object, *, hidden_size: int, target_itemsize: int, limits: EmbedsLimits
+    data: object, *, hidden_size: int, target_dtype: str, limits: EmbedsLimits
 ) -> TensorView:
-    """Parse ``data`` and run every metadata check; no tensor bytes are copied."""
+    """Parse ``data`` and run every metadata check; no tensor bytes are copied (a sparse
+    tensor is densified into a new buffer after its checks).
+
+    ``target_dtype`` names the dtype the caller will materialise (float32, float16, bfloat16).
+    """
+    target_itemsize = ITEMSIZE[target_dtype]
     if isinstance(data, str):
         buf = byte_view(decode_base64(data, max_chars=limits.max_base64_chars))
-        view = parse_file(buf, limits)
+        view = parse_file(buf, limits, target_dtype)
     elif isinstance(data, (bytes, bytearray, memoryview)):
-        view = parse_file(byte_view(data), limits)
+        view = parse_file(byte_view(data), limits, target_dtype)
     elif _is_raw_spec(data):
         spec = read_raw_spec(data)
         itemsize = max(ITEMSIZE[spec.dtype], target_itemsize)
@@ -54,14 +59,14 @@ def decode_view(
     return view
 
 
-def parse_file(buf: memoryview, limits: EmbedsLimits) -> TensorView:
+def parse_file(buf: memoryview, limits: EmbedsLimits, target_dtype: str) -> TensorView:
     """Detect a torch.save zip or a safetensors file by its first bytes and parse it."""
     if len(buf) > limits.max_payload_bytes:
         raise PromptEmbedsError(
             "`prompt_embeds` payload is larger than the size limit.", code="too_large"
         )
     if buf[:4] == ZIP_MAGIC:
-        return parse_torch_zip(buf, limits)
+        return parse_torch_zip(buf, limits, target_dtype)
     if is_safetensors(buf):
         return parse_safetensors(buf, limits)
     if buf[:2] == LEGACY_PICKLE_MAGIC:

@@ -6,11 +6,13 @@ from typing import TYPE_CHECKING
 
 from pe_common.codec.decode import check_hidden_size, param_scope
 from pe_common.codec.limits import EmbedsLimits
+from pe_common.codec.sparse import SparseArrays, check_dense_budget, densify
 from pe_common.codec.tensor_view import check_shape
 from pe_common.errors import PromptEmbedsError
 
 if TYPE_CHECKING:
     import torch
+
 
 _DEFAULT_LIMITS = EmbedsLimits()
 
@@ -36,6 +38,8 @@ def validate_prompt_embeds_tensor(
     check_hidden_size(hidden_size)
     with param_scope(param):
         _check_kind(t)
+        if _sparse_layout(t) is not None:
+            t = _densify(t, limits)
         itemsize = max(t.element_size(), dtype.itemsize)
         check_shape(tuple(t.shape), hidden_size=hidden_size, itemsize=itemsize, limits=limits)
         if not t.is_floating_point():
@@ -53,6 +57,37 @@ def validate_prompt_embeds_tensor(
         return out
 
 
+def _sparse_layout(t: torch.Tensor) -> str | None:
+    import torch
+
+    return {torch.sparse_coo: "coo", torch.sparse_csr: "csr", torch.sparse_csc: "csc"}.get(t.layout)
+
+
+def _densify(t: torch.Tensor, limits: EmbedsLimits) -> torch.Tensor:
+    """The codec's checked densify (never ``to_dense()`` on unchecked indices)."""
+    import torch
+
+    check_dense_budget(tuple(t.shape), limits)
+    if not t.is_floating_point():
+        return t  # refused below with the dtype message
+    source = t.detach().cpu()
+    layout = _sparse_layout(t) or "coo"
+    if layout == "coo":
+        indices: tuple[torch.Tensor, ...] = (source._indices(),)
+        values = source._values()
+    elif layout == "csr":
+        indices, values = (source.crow_indices(), source.col_indices()), source.values()
+    else:
+        indices, values = (source.ccol_indices(), source.row_indices()), source.values()
+    arrays = SparseArrays(
+        layout,
+        tuple(t.shape),
+        tuple(index.numpy() for index in indices),
+        values.to(torch.float32).numpy(),
+    )
+    return torch.from_numpy(densify(arrays, limits))
+
+
 def _check_kind(t: object) -> None:
     import torch
 
@@ -60,10 +95,9 @@ def _check_kind(t: object) -> None:
         raise PromptEmbedsError(
             "`prompt_embeds` must be a torch.Tensor.", code="unsupported_tensor_kind"
         )
-    if t.layout != torch.strided:
+    if t.layout != torch.strided and _sparse_layout(t) is None:
         raise PromptEmbedsError(
-            "`prompt_embeds` is a sparse tensor; only dense (strided) tensors are accepted.",
-            code="unsupported_layout",
+            "`prompt_embeds` sparse layout must be COO, CSR or CSC.", code="unsupported_layout"
         )
     if t.is_quantized or t.is_nested or t.is_meta:
         raise PromptEmbedsError(
