@@ -32,6 +32,10 @@ Codes that differ from the catalogue's, on purpose:
       decode budget before anything is decoded: decode_budget_exceeded.
   30  A header that is not a JSON object is not recognised as safetensors: unsupported_format.
   42  An empty prompt_embeds string is an absent prompt (as in vLLM): missing_parameter.
+  33, 34  Sparse tensors are accepted, as vLLM accepts them (issue 18): a valid COO, CSR or
+      CSC tensor answers as its dense twin; out-of-range or unsorted indices are 400
+      invalid_sparse, a declared size past the decode budget 400 too_large, both before
+      anything is densified (RSS bounded).
 pe's own rows, beyond security.md §11 (issue 17):
   49  A request's chat_template that loops 10^10 times, multiplies a string to 10 GB or renders
       megabytes: without --trust-request-chat-template 400 untrusted_chat_template in < 1 s;
@@ -483,11 +487,23 @@ def test_row33_sparse_with_out_of_range_indices(server: ServerProcess, embedder:
         tensor = torch.sparse_coo_tensor(
             torch.tensor(index), torch.tensor([1.0]), (3, h), check_invariants=False
         )
-        expect(server, b64(torch_save(tensor)), "unsupported_layout")
+        expect(server, b64(torch_save(tensor)), "invalid_sparse")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sparse CSR is beta
-        csr = torch.ones(2, h).to_sparse_csr()
-    expect(server, b64(torch_save(csr)), "unsupported_layout")
+        csr = torch.sparse_csr_tensor(
+            torch.tensor([0, 1, 1, 1]), torch.tensor([h]), torch.tensor([1.0]), (3, h)
+        )
+    expect(server, b64(torch_save(csr)), "invalid_sparse")
+
+
+def test_row33_valid_sparse_answers_as_dense(server: ServerProcess, rows: np.ndarray) -> None:
+    dense = torch.from_numpy(rows.copy())
+    dense[1, :] = 0  # a zero row, so the sparse forms really are sparse
+    want = greedy_text(server, b64(torch_save(dense)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sparse CSR is beta
+        for sparse in (dense.to_sparse(), dense.to_sparse_csr(), dense.to_sparse_csc()):
+            assert greedy_text(server, b64(torch_save(sparse))) == want, sparse.layout
 
 
 def test_row34_sparse_with_a_huge_shape(server: ServerProcess) -> None:
@@ -495,7 +511,7 @@ def test_row34_sparse_with_a_huge_shape(server: ServerProcess) -> None:
     tensor = torch.sparse_coo_tensor(torch.tensor([[0], [0]]), torch.tensor([1.0]), (20000, 20000))
     payload = b64(torch_save(tensor))
     assert len(payload) < 64 * 1024
-    expect_bomb(server, payload, "unsupported_layout")
+    expect_bomb(server, payload, "too_large")
 
 
 def test_row35_stride_zero_views(server: ServerProcess, embedder: Embedder) -> None:
