@@ -256,6 +256,15 @@ def test_range_checks_run_after_coercion(field: str, lax: Any, strict: Any) -> N
     )
 
 
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+@pytest.mark.parametrize("field", SAMPLING_FLOATS)
+def test_non_finite_number_strings_meet_the_finite_checks(endpoint: str, field: str) -> None:
+    # JSON has no NaN literal, so "nan" / "-Infinity" are new ways to send one
+    for wire in ("nan", "-Infinity", "inf"):
+        err = decode_error(endpoint, {field: wire})
+        assert (err.param, err.code) == (field, "invalid_number")
+
+
 def test_the_first_refused_field_is_named_after_lax_ones() -> None:
     err = decode_error("completions", {"n": "2", "max_tokens": "five", "temperature": "0"})
     assert err.param == "max_tokens"
