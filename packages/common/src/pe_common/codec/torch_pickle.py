@@ -22,52 +22,28 @@ from __future__ import annotations
 
 import pickletools
 from collections.abc import Iterator
-from dataclasses import dataclass
 
+from pe_common.codec.torch_records import (
+    EMPTY_ORDERED_DICT,
+    GET_LAYOUT,
+    ORDERED_DICT,
+    REBUILD,
+    REBUILD_SPARSE,
+    TORCH_SIZE,
+    Global,
+    PickledSparse,
+    PickledStorage,
+    PickledTensor,
+    layout_record,
+    mismatch,
+    resolve_global,
+    size_record,
+    sparse_record,
+    storage_record,
+    tensor_record,
+)
 from pe_common.errors import PromptEmbedsError
 
-_REBUILD = ("torch._utils", "_rebuild_tensor_v2")
-_REBUILD_SPARSE = ("torch._utils", "_rebuild_sparse_tensor")
-_GET_LAYOUT = ("torch.serialization", "_get_layout")
-_TORCH_SIZE = ("torch", "Size")
-_ORDERED_DICT = ("collections", "OrderedDict")
-# Storage classes -> dtype names; only the float ones may hold embeddings, the integer ones
-# hold a sparse tensor's indices or are reported as "not a floating-point type".
-_STORAGE_DTYPES = {
-    ("torch", "FloatStorage"): "float32",
-    ("torch", "HalfStorage"): "float16",
-    ("torch", "BFloat16Storage"): "bfloat16",
-    ("torch", "DoubleStorage"): "float64",
-    ("torch", "LongStorage"): "int64",
-    ("torch", "IntStorage"): "int32",
-    ("torch", "ShortStorage"): "int16",
-    ("torch", "CharStorage"): "int8",
-    ("torch", "ByteStorage"): "uint8",
-    ("torch", "BoolStorage"): "bool",
-    ("torch", "ComplexFloatStorage"): "complex64",
-    ("torch", "ComplexDoubleStorage"): "complex128",
-}
-FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
-_SPARSE_LAYOUTS = {"torch.sparse_coo": "coo", "torch.sparse_csr": "csr", "torch.sparse_csc": "csc"}
-_OLD_LAYOUT_GLOBALS = {("torch._utils", "_rebuild_sparse_csr_tensor")}
-_KIND_GLOBALS = {
-    ("torch._utils", name)
-    for name in (
-        "_rebuild_qtensor",
-        "_rebuild_nested_tensor",
-        "_rebuild_meta_tensor_no_storage",
-        "_rebuild_parameter",
-        "_rebuild_parameter_with_state",
-        "_rebuild_wrapper_subclass",
-        "_rebuild_device_tensor_from_numpy",
-        "_rebuild_device_tensor_from_cpu_tensor",
-        "_rebuild_from_type",
-        "_rebuild_from_type_v2",
-        "_rebuild_subclass",
-    )
-}
-# The opcodes that can build a top-level object other than a tensor (a dict, list, tuple,
-# number, string, ...): a payload ending in one of them is answered as vLLM answers it.
 _NOT_TENSOR_OPCODES = frozenset(
     (
         "EMPTY_DICT",
@@ -113,66 +89,7 @@ _NOT_TENSOR_OPCODES = frozenset(
 )
 _MEMO_OPCODES = frozenset(("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE", "FRAME"))
 _MAX_STORAGES = 3
-_MAX_KEY_CHARS = 64
 _ACCEPTED_PROTOCOLS = range(2, 6)
-
-
-@dataclass(frozen=True)
-class PickledStorage:
-    dtype: str
-    key: str
-    location: str
-    numel: int
-
-
-@dataclass(frozen=True)
-class PickledTensor:
-    storage: PickledStorage
-    offset: int
-    size: tuple[int, ...]
-    stride: tuple[int, ...]
-    requires_grad: bool
-
-
-@dataclass(frozen=True)
-class PickledSparse:
-    """A sparse tensor: its layout ("coo", "csr", "csc"), dense size and dense parts."""
-
-    layout: str
-    size: tuple[int, ...]
-    parts: tuple[PickledTensor, ...]
-
-
-@dataclass(frozen=True)
-class _Layout:
-    name: str
-
-
-@dataclass(frozen=True)
-class _Size:
-    dims: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class _Global:
-    module: str
-    name: str
-
-
-class _EmptyOrderedDict:
-    """The backward-hooks argument: ``OrderedDict()``."""
-
-
-_EMPTY_ORDERED_DICT = _EmptyOrderedDict()
-
-
-def _mismatch() -> PromptEmbedsError:
-    return PromptEmbedsError(
-        "`prompt_embeds` torch.save payload is not one tensor; only a plain float32/float16/"
-        "bfloat16/float64 tensor (dense, or sparse COO/CSR/CSC) saved with torch.save is "
-        "accepted.",
-        code="unsupported_format",
-    )
 
 
 def _not_a_tensor() -> PromptEmbedsError:
@@ -181,10 +98,6 @@ def _not_a_tensor() -> PromptEmbedsError:
         "`prompt_embeds` payload did not deserialize to a torch.Tensor.",
         code="unsupported_format",
     )
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def parse_tensor_pickle(data: bytes) -> PickledTensor | PickledSparse:
@@ -205,13 +118,13 @@ def _opcodes(data: bytes) -> Iterator[tuple[str, object]]:
         try:
             opcode, arg, pos = next(ops)
         except StopIteration:
-            raise _mismatch() from None
+            raise mismatch() from None
         except Exception:  # genops raises assorted errors on malformed input
-            raise _mismatch() from None
+            raise mismatch() from None
         yield opcode.name, arg
         if opcode.name == "STOP":
             if pos is None or pos + 1 != len(data):
-                raise _mismatch()
+                raise mismatch()
             return
 
 
@@ -227,23 +140,23 @@ class _Machine:
     def step(self, name: str, arg: object) -> None:
         handler = _HANDLERS.get(name)
         if handler is None:
-            raise _mismatch()
+            raise mismatch()
         handler(self, arg)
 
     def result(self) -> PickledTensor | PickledSparse:
         if self.marks or len(self.stack) != 1:
-            raise _mismatch()
+            raise mismatch()
         top = self.stack[0]
         if isinstance(top, PickledTensor) and self.num_tensors == 1:
             return top
         if isinstance(top, PickledSparse) and top is self.sparse:
             return top
-        raise _mismatch()
+        raise mismatch()
 
     def pop(self) -> object:
         floor = self.marks[-1] if self.marks else 0
         if len(self.stack) <= floor:
-            raise _mismatch()
+            raise mismatch()
         return self.stack.pop()
 
     def pop_many(self, count: int) -> tuple[object, ...]:
@@ -253,14 +166,14 @@ class _Machine:
     def top(self) -> object:
         floor = self.marks[-1] if self.marks else 0
         if len(self.stack) <= floor:
-            raise _mismatch()
+            raise mismatch()
         return self.stack[-1]
 
     # opcode handlers
 
     def on_proto(self, arg: object) -> None:
         if arg not in _ACCEPTED_PROTOCOLS:
-            raise _mismatch()
+            raise mismatch()
 
     def on_ignore(self, arg: object) -> None:
         pass
@@ -294,7 +207,7 @@ class _Machine:
 
     def on_tuple(self, arg: object) -> None:
         if not self.marks:
-            raise _mismatch()
+            raise mismatch()
         start = self.marks.pop()
         items = tuple(self.stack[start:])
         del self.stack[start:]
@@ -310,44 +223,44 @@ class _Machine:
     def on_get(self, arg: object) -> None:
         assert isinstance(arg, int)
         if arg not in self.memo:
-            raise _mismatch()
+            raise mismatch()
         self.stack.append(self.memo[arg])
 
     def on_global(self, arg: object) -> None:
         assert isinstance(arg, str)
         module, _, name = arg.partition(" ")
-        self.stack.append(_resolve_global(module, name))
+        self.stack.append(resolve_global(module, name))
 
     def on_stack_global(self, arg: object) -> None:
         module, name = self.pop_many(2)
         if not isinstance(module, str) or not isinstance(name, str):
-            raise _mismatch()
-        self.stack.append(_resolve_global(module, name))
+            raise mismatch()
+        self.stack.append(resolve_global(module, name))
 
     def on_persid(self, arg: object) -> None:
-        storage = _storage_record(self.pop())
+        storage = storage_record(self.pop())
         known = self.storages.get(storage.key)
         if (known is not None and known != storage) or len(self.storages) >= _MAX_STORAGES:
-            raise _mismatch()
+            raise mismatch()
         self.storages[storage.key] = storage
         self.stack.append(storage)
 
     def on_reduce(self, arg: object) -> None:
         func, args = self.pop_many(2)
-        if func == _Global(*_ORDERED_DICT) and args == ():
-            self.stack.append(_EMPTY_ORDERED_DICT)
-        elif func == _Global(*_REBUILD) and self.num_tensors < _MAX_STORAGES:
+        if func == Global(*ORDERED_DICT) and args == ():
+            self.stack.append(EMPTY_ORDERED_DICT)
+        elif func == Global(*REBUILD) and self.num_tensors < _MAX_STORAGES:
             self.num_tensors += 1
-            self.stack.append(_tensor_record(args))
-        elif func == _Global(*_GET_LAYOUT):
-            self.stack.append(_layout_record(args))
-        elif func == _Global(*_TORCH_SIZE):
-            self.stack.append(_size_record(args))
-        elif func == _Global(*_REBUILD_SPARSE) and self.sparse is None:
-            self.sparse = _sparse_record(args, self.num_tensors)
+            self.stack.append(tensor_record(args))
+        elif func == Global(*GET_LAYOUT):
+            self.stack.append(layout_record(args))
+        elif func == Global(*TORCH_SIZE):
+            self.stack.append(size_record(args))
+        elif func == Global(*REBUILD_SPARSE) and self.sparse is None:
+            self.sparse = sparse_record(args, self.num_tensors)
             self.stack.append(self.sparse)
         else:
-            raise _mismatch()
+            raise mismatch()
 
 
 _HANDLERS = {
@@ -379,113 +292,3 @@ _HANDLERS = {
     "BINPERSID": _Machine.on_persid,
     "REDUCE": _Machine.on_reduce,
 }
-
-
-_ACCEPTED_GLOBALS = (_REBUILD, _REBUILD_SPARSE, _GET_LAYOUT, _TORCH_SIZE, _ORDERED_DICT)
-
-
-def _resolve_global(module: str, name: str) -> _Global:
-    """Accept only the template's globals; name the reason for known tensor kinds."""
-    key = (module, name)
-    if key in _ACCEPTED_GLOBALS or key in _STORAGE_DTYPES:
-        return _Global(module, name)
-    if key in _OLD_LAYOUT_GLOBALS:
-        raise PromptEmbedsError(
-            "`prompt_embeds` is a sparse tensor in a format older torch versions wrote; "
-            "save it with a current torch (COO, CSR or CSC).",
-            code="unsupported_layout",
-        )
-    if key in _KIND_GLOBALS:
-        raise PromptEmbedsError(
-            "`prompt_embeds` must be a plain tensor (not quantized, nested, meta, a Parameter "
-            "or a subclass).",
-            code="unsupported_tensor_kind",
-        )
-    if key == ("torch._utils", "_rebuild_tensor_v3") or (
-        module in ("torch", "torch.storage") and name.endswith("Storage")
-    ):
-        raise _unsupported_dtype()
-    raise _mismatch()
-
-
-def _unsupported_dtype() -> PromptEmbedsError:
-    return PromptEmbedsError(
-        "`prompt_embeds` dtype must be float32, float16, bfloat16 or float64.",
-        code="unsupported_dtype",
-    )
-
-
-def _storage_record(pid: object) -> PickledStorage:
-    if not isinstance(pid, tuple) or len(pid) != 5:
-        raise _mismatch()
-    tag, cls, key, location, numel = pid
-    if tag != "storage" or not isinstance(cls, _Global):
-        raise _mismatch()
-    dtype = _STORAGE_DTYPES.get((cls.module, cls.name))
-    if dtype is None:
-        raise _unsupported_dtype()
-    if (
-        not isinstance(key, str)
-        or not 0 < len(key) <= _MAX_KEY_CHARS
-        or not (key.isascii() and key.isalnum())
-    ):
-        raise _mismatch()
-    if not isinstance(location, str) or not _is_int(numel) or numel < 0:
-        raise _mismatch()
-    return PickledStorage(dtype, key, location, numel)
-
-
-def _tensor_record(args: object) -> PickledTensor:
-    if not isinstance(args, tuple) or len(args) != 6:
-        raise _mismatch()
-    storage, offset, size, stride, requires_grad, hooks = args
-    if not isinstance(storage, PickledStorage) or hooks is not _EMPTY_ORDERED_DICT:
-        raise _mismatch()
-    if not isinstance(requires_grad, bool) or not _is_int(offset):
-        raise _mismatch()
-    if not isinstance(size, tuple) or not isinstance(stride, tuple) or len(size) != len(stride):
-        raise _mismatch()
-    if not all(_is_int(value) for value in size + stride):
-        raise _mismatch()
-    return PickledTensor(storage, offset, size, stride, requires_grad)
-
-
-def _layout_record(args: object) -> _Layout:
-    if not isinstance(args, tuple) or len(args) != 1 or not isinstance(args[0], str):
-        raise _mismatch()
-    layout = _SPARSE_LAYOUTS.get(args[0])
-    if layout is None:
-        raise PromptEmbedsError(
-            "`prompt_embeds` sparse layout must be COO, CSR or CSC.", code="unsupported_layout"
-        )
-    return _Layout(layout)
-
-
-def _size_record(args: object) -> _Size:
-    if not isinstance(args, tuple) or len(args) != 1 or not isinstance(args[0], tuple):
-        raise _mismatch()
-    dims = args[0]
-    if not all(_is_int(dim) for dim in dims):
-        raise _mismatch()
-    return _Size(dims)
-
-
-def _sparse_record(args: object, num_tensors: int) -> PickledSparse:
-    if not isinstance(args, tuple) or len(args) != 2:
-        raise _mismatch()
-    layout, data = args
-    if not isinstance(layout, _Layout) or not isinstance(data, tuple):
-        raise _mismatch()
-    if layout.name == "coo":
-        # (indices, values, size) or (indices, values, size, is_coalesced)
-        if len(data) == 4 and (isinstance(data[3], bool) or data[3] is None):
-            data = data[:3]
-        count = 2
-    else:
-        count = 3  # (compressed_indices, plain_indices, values, size)
-    if len(data) != count + 1 or not isinstance(data[-1], _Size):
-        raise _mismatch()
-    parts = data[:count]
-    if not all(isinstance(part, PickledTensor) for part in parts) or num_tensors != count:
-        raise _mismatch()
-    return PickledSparse(layout.name, data[-1].dims, parts)

@@ -8,12 +8,8 @@ from pe_common.codec.limits import ITEMSIZE, EmbedsLimits
 from pe_common.codec.materialize_numpy import to_array
 from pe_common.codec.sparse import SparseArrays, dense_view, densify, invalid_sparse
 from pe_common.codec.tensor_view import TensorView, contiguous_stride
-from pe_common.codec.torch_pickle import (
-    FLOAT_DTYPES,
-    PickledSparse,
-    PickledTensor,
-    parse_tensor_pickle,
-)
+from pe_common.codec.torch_pickle import parse_tensor_pickle
+from pe_common.codec.torch_records import FLOAT_DTYPES, PickledSparse, PickledTensor
 from pe_common.codec.zip_reader import read_stored_zip
 from pe_common.errors import PromptEmbedsError
 
