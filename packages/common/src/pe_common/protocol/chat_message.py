@@ -65,6 +65,9 @@ class _MessageFields(RequestStruct, kw_only=True):
 class ChatMessage(_MessageFields, kw_only=True):
     role: Role
     content: str | list[ContentPart] | None = None
+    # An assistant turn's earlier thinking, rendered by templates that show it; only
+    # assistant messages carry it (as vLLM). Decoded from `reasoning`, else `reasoning_content`.
+    reasoning: str | PromptEmbedsPart | None = None
 
 
 TEXT_PART_JSON_SCHEMA: dict[str, Any] = {
@@ -98,8 +101,20 @@ _CONTENT_JSON_SCHEMA: dict[str, Any] = {
 }
 
 
+_REASONING_JSON_SCHEMA: dict[str, Any] = {
+    "anyOf": [{"type": "string"}, PROMPT_EMBEDS_PART_JSON_SCHEMA, {"type": "null"}]
+}
+_WireReasoning = Annotated[Any, msgspec.Meta(extra_json_schema=_REASONING_JSON_SCHEMA)]
+
+
 class ChatMessageBody(_MessageFields, kw_only=True):
-    """A message as it arrives on the wire; decoding turns it into a :class:`ChatMessage`."""
+    """A message as it arrives on the wire; decoding turns it into a :class:`ChatMessage`.
+
+    ``reasoning`` (vLLM's name; ``reasoning_content`` is its legacy one) is a string or one
+    ``prompt_embeds`` part, not a list.
+    """
 
     role: WireRole
     content: Annotated[Any, msgspec.Meta(extra_json_schema=_CONTENT_JSON_SCHEMA)] = None
+    reasoning: _WireReasoning = None
+    reasoning_content: _WireReasoning = None

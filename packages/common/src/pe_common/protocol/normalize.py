@@ -129,6 +129,28 @@ def _message(message: ChatMessageBody, path: str) -> ChatMessage:
         name=message.name,
         tool_calls=message.tool_calls,
         tool_call_id=message.tool_call_id,
+        reasoning=_reasoning(message, path),
+    )
+
+
+def _reasoning(message: ChatMessageBody, path: str) -> str | PromptEmbedsPart | None:
+    """An assistant's ``reasoning`` (else legacy ``reasoning_content``): text or one embeds part.
+
+    Other roles' reasoning is ignored unread, as vLLM's parser reads it for assistants only.
+    """
+    if message.role != "assistant":
+        return None
+    field = "reasoning" if message.reasoning is not None else "reasoning_content"
+    value = getattr(message, field)
+    if value is None or isinstance(value, str):
+        return value
+    at = f"{path}.{field}"
+    if isinstance(value, Mapping) and value.get("type") == "prompt_embeds":
+        return _prompt_embeds_part(value, at)
+    raise _invalid(
+        f"`{field}` must be a string or one `prompt_embeds` object (not a list of parts)",
+        at,
+        "messages",
     )
 
 

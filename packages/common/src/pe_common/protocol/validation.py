@@ -13,7 +13,7 @@ from typing import Union
 
 from pe_common.errors import InvalidRequestError
 from pe_common.protocol.chat import ChatCompletionRequest
-from pe_common.protocol.chat_message import ChatMessage, TextPart
+from pe_common.protocol.chat_message import ChatMessage, PromptEmbedsPart, TextPart
 from pe_common.protocol.completion import CompletionRequest
 from pe_common.protocol.limits import (
     DEFAULT_LIMITS,
@@ -30,9 +30,9 @@ BOTH_PROMPTS_MESSAGE = (
 )
 
 GenerateRequest = Union[CompletionRequest, ChatCompletionRequest]
-# Message fields besides `content` and `tool_calls` that hold text; getattr because the
-# reasoning fields exist only on servers that render them.
-_MESSAGE_TEXT_FIELDS = ("name", "tool_call_id", "reasoning", "reasoning_content")
+# Message fields besides `content` and `tool_calls` that may hold text (`reasoning` may be
+# an embeds part instead; only its text counts).
+_MESSAGE_TEXT_FIELDS = ("name", "tool_call_id", "reasoning")
 CACHE_SALT_MESSAGE = "Parameter 'cache_salt' must be a non-empty string if provided."  # vLLM's
 # A salt is hashed once per request; the bound keeps what is forwarded to vLLM small.
 MAX_CACHE_SALT_CHARS = 256
@@ -244,7 +244,7 @@ def _check_messages(messages: list[ChatMessage], limits: RequestLimits) -> None:
         raise _error("`messages` must hold at least one message.", "messages")
     if len(messages) > limits.max_messages:
         raise _too_many(f"`messages` may hold at most {limits.max_messages} messages.", "messages")
-    num_parts = sum(len(m.content) for m in messages if isinstance(m.content, list))
+    num_parts = sum(_num_parts(m) for m in messages)
     if num_parts > limits.max_content_parts:
         raise _too_many(
             f"`messages` may hold at most {limits.max_content_parts} content parts in total.",
@@ -256,10 +256,16 @@ def _check_messages(messages: list[ChatMessage], limits: RequestLimits) -> None:
     _check_prompt_chars(sum(_message_chars(m) for m in messages), "messages", limits)
 
 
+def _num_parts(message: ChatMessage) -> int:
+    """Content parts, counting an embeds ``reasoning`` as one more."""
+    num_parts = len(message.content) if isinstance(message.content, list) else 0
+    return num_parts + int(isinstance(message.reasoning, PromptEmbedsPart))
+
+
 def _message_chars(message: ChatMessage) -> int:
     """Characters of the text a chat template may render from ``message``."""
     content = message.content
-    texts: list[object] = [getattr(message, name, None) for name in _MESSAGE_TEXT_FIELDS]
+    texts: list[object] = [getattr(message, name) for name in _MESSAGE_TEXT_FIELDS]
     if isinstance(content, list):
         texts += [part.text for part in content if isinstance(part, TextPart)]
     else:
