@@ -29,6 +29,7 @@ MARKER_PREFIX = PROMPT_EMBEDS_TOKEN + "__pe_embed_"
 _MARKER_RE = re.compile(re.escape(MARKER_PREFIX) + r"(\d+)__")
 
 ContentFormat = Literal["string", "openai"]
+REASONING_KEYS = ("reasoning", "reasoning_content")
 
 
 def make_marker(index: int) -> str:
@@ -114,15 +115,27 @@ class ChatPromptBuilder:
                 raise InvalidRequestError(
                     "Each message must be an object.", code="invalid_messages", param="messages"
                 )
-            parsed = dict(message)
+            parsed = {k: v for k, v in message.items() if k not in REASONING_KEYS}
             parsed["content"] = self._parse_content(message.get("content"), content_format, tensors)
-            for key in ("reasoning", "reasoning_content"):
-                if isinstance(message.get(key), dict):
-                    parsed[key] = self._parse_content([message[key]], "string", tensors)
-                elif isinstance(message.get(key), str):
-                    self._check_reserved(message[key])
+            reasoning = _reasoning_of(message)
+            if reasoning is not None:
+                # vLLM hands templates the text under both names; one marker, at most one span.
+                text = self._parse_reasoning(reasoning, tensors)
+                parsed["reasoning"] = parsed["reasoning_content"] = text
             conversation.append(parsed)
         return conversation, tensors
+
+    def _parse_reasoning(self, reasoning: Any, tensors: list[torch.Tensor]) -> str:
+        if isinstance(reasoning, str):
+            self._check_reserved(reasoning)
+            return reasoning
+        if isinstance(reasoning, dict) and reasoning.get("type") == "prompt_embeds":
+            return self._parse_part(reasoning, tensors)
+        raise InvalidRequestError(
+            "An assistant message's reasoning must be a string or one prompt_embeds part.",
+            code="invalid_content",
+            param="messages",
+        )
 
     def _parse_content(
         self, content: Any, content_format: ContentFormat, tensors: list[torch.Tensor]
@@ -196,6 +209,15 @@ class ChatPromptBuilder:
         return Prompt(
             token_ids=token_ids, prompt_embeds=embeds, is_token_ids=is_token_ids, text=text
         )
+
+
+def _reasoning_of(message: dict[str, Any]) -> Any:
+    """An assistant's ``reasoning`` (else legacy ``reasoning_content``); vLLM reads no other
+    role's."""
+    if message.get("role") != "assistant":
+        return None
+    reasoning = message.get("reasoning")
+    return message.get("reasoning_content") if reasoning is None else reasoning
 
 
 def _check_template_kwargs(kwargs: dict[str, Any] | None) -> None:
