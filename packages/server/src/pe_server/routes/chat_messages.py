@@ -50,6 +50,11 @@ class ChatInput:
             if isinstance(content, list):
                 content = [part_dict(part, remaining) for part in content]
             entry["content"] = content
+            if message.reasoning is not None:  # after the content, as collect_chat_input
+                reasoning = message.reasoning
+                entry["reasoning"] = (
+                    reasoning if isinstance(reasoning, str) else part_dict(reasoning, remaining)
+                )
             built.append(entry)
         return built
 
@@ -61,23 +66,30 @@ def part_dict(part: Any, tensors: Any) -> dict[str, Any]:
 
 
 def collect_chat_input(messages: list[ChatMessage]) -> ChatInput:
-    """Gathers the embeds payloads (in message order) and the texts of the messages."""
+    """Gathers the embeds payloads (in message order: content, then reasoning) and the texts
+    of the messages."""
     payloads: list[Any] = []
     texts: list[str] = []
     for message in messages:
-        content = message.content
-        if isinstance(content, str):
-            texts.append(content)
-            continue
-        if content is not None and not content:
-            raise APIError.bad_request(
-                "Message content may not be an empty list of parts.",
-                code="empty_prompt",
-                param="messages",
-            )
-        for part in content or []:
+        for part in [*message_parts(message), message.reasoning]:
             if isinstance(part, PromptEmbedsPart):
                 payloads.append(part.payload)
             elif isinstance(part, TextPart):
                 texts.append(part.text)
+            elif isinstance(part, str):
+                texts.append(part)
     return ChatInput(list(messages), payloads, texts)
+
+
+def message_parts(message: ChatMessage) -> list[Any]:
+    """The content as a list: a string as itself, parts as they are, none as nothing."""
+    content = message.content
+    if isinstance(content, str):
+        return [content]
+    if content is not None and not content:
+        raise APIError.bad_request(
+            "Message content may not be an empty list of parts.",
+            code="empty_prompt",
+            param="messages",
+        )
+    return list(content or [])
