@@ -3,9 +3,11 @@
 Flags keep vLLM's names where vLLM has them; every flag can also come from ``PE_<NAME>``
 (e.g. ``PE_API_KEY``, ``PE_MAX_MODEL_LEN``), and a flag given on the command line wins.
 
-With ``--backend vllm``, flags pe does not know are vLLM engine arguments and go to vLLM as
-given (``--tensor-parallel-size 2 --distributed-executor-backend ray``); write them after the
-model. ``PE_VLLM_ARGS`` holds the same as one shell-quoted string.
+With ``--backend vllm``, vLLM engine flags (those pe does not know, and the ones of the vLLM
+compatibility group) go to vLLM as given (``--tensor-parallel-size 2
+--distributed-executor-backend ray``); write them after the model. ``PE_VLLM_ARGS`` holds the
+same as one shell-quoted string. pe's own backends accept the vLLM flags they honour
+(``--runner generate``, ``--tensor-parallel-size 1``, ...) and refuse the rest at start-up.
 """
 
 from __future__ import annotations
@@ -16,18 +18,23 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import get_args
 
 from pydantic import ValidationError
 
 from pe_server.backends import BackendUnavailableError, check_available
-from pe_server.config import ServerConfig
+from pe_server.config import ServerConfig, UvicornLogLevel
+from pe_server.vllm_flags import ENGINE_FLAGS, FRONTEND_FLAGS, add_flags, check_frontend_args
 
 EPILOG = (
-    "Every flag can also be set as an environment variable PE_<FLAG> (e.g. PE_API_KEY). "
+    "Every pe flag can also be set as an environment variable PE_<FLAG> (e.g. PE_API_KEY; "
+    "vLLM's engine flags: PE_VLLM_ARGS). "
     "With --backend vllm, other flags (after the model) are vLLM engine arguments, passed "
     "through as given: --tensor-parallel-size, --pipeline-parallel-size, "
     "--distributed-executor-backend ray, ..."
 )
+# The HTTP layer's loggers: what uvicorn's are to `vllm serve` (--uvicorn-log-level).
+HTTP_LOGGERS = ("pe_server.access", "aiohttp")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +97,11 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         "--chat-render-timeout", type=float, help="seconds one chat template render may take"
     )
     model.add_argument("--tokenizer")
-    model.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"))
+    model.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "bfloat16", "float16", "half", "float"),
+        help="half and float are vLLM's names of float16 and float32",
+    )
     model.add_argument("--device", choices=("auto", "cpu", "cuda"))
     model.add_argument("--max-model-len", type=int)
     model.add_argument("--max-num-seqs", type=int)
@@ -151,22 +162,65 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     timing.add_argument("--keepalive-timeout", type=float)
     timing.add_argument("--decode-threads", type=int, help="threads decoding tensors")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    add_vllm_flags(p)
+
+
+def add_vllm_flags(p: argparse.ArgumentParser) -> None:
+    vllm = p.add_argument_group(
+        "vLLM compatibility",
+        "`vllm serve` flags, so that vLLM's commands work as written (the ones pe shares, such "
+        "as --served-model-name, --max-model-len or --dtype, are above). --backend vllm passes "
+        "the engine flags to vLLM; pe's own backends honour the values shown and refuse others "
+        "at start-up.",
+    )
+    add_flags(vllm, ENGINE_FLAGS, "vllm_args")
+    vllm.add_argument(
+        "--uvicorn-log-level",
+        choices=get_args(UvicornLogLevel),
+        help="level of the HTTP layer's logs (access lines); trace is debug",
+    )
+    vllm.add_argument(
+        "--disable-fastapi-docs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="no /openapi.json (pe serves no /docs or /redoc pages)",
+    )
+    add_flags(vllm, FRONTEND_FLAGS, "vllm_frontend_args")
 
 
 def config_from_args(args: argparse.Namespace, vllm_args: Sequence[str] = ()) -> ServerConfig:
+    """The config of parsed flags plus the unknown ones (``vllm_args``); raises ValueError
+    (pydantic's ValidationError is one) naming the flag that cannot be honoured."""
     values = {k: v for k, v in vars(args).items() if k != "command"}
-    if vllm_args:
-        values["vllm_args"] = tuple(vllm_args)
+    check_frontend_args(values.pop("vllm_frontend_args", None) or ())
+    tokens = [*(values.pop("vllm_args", None) or ()), *vllm_args]
+    if tokens:
+        values["vllm_args"] = tuple(tokens)
     return ServerConfig.from_sources(values, os.environ)
 
 
-def setup_logging(level: str) -> None:
+def error_lines(exc: ValidationError) -> list[str]:
+    """One line per error: the field (none for the config as a whole) and the message."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        cause = err.get("ctx", {}).get("error")
+        message = str(cause) if err["type"] == "value_error" and cause else err["msg"]
+        lines.append(f"{where}: {message}" if where else message)
+    return lines
+
+
+def setup_logging(level: str, http_level: str | None = None) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if http_level is not None:
+        level_no = logging.DEBUG if http_level == "trace" else getattr(logging, http_level.upper())
+        for name in HTTP_LOGGERS:
+            logging.getLogger(name).setLevel(level_no)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -174,11 +228,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(args, vllm_args)
     except ValidationError as exc:
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "config"
-            print(f"pe-server: {where}: {err['msg']}", file=sys.stderr)
+        for line in error_lines(exc):
+            print(f"pe-server: {line}", file=sys.stderr)
         return 2
-    setup_logging(config.log_level)
+    except ValueError as exc:
+        print(f"pe-server: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level, config.uvicorn_log_level)
     try:
         check_available(config)
         from pe_server.serve import serve  # heavy imports (torch) only once the flags are valid

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from pe_server.vllm_flags import check_engine_args
+
 MiB = 2**20
 GiB = 2**30
 ENV_PREFIX = "PE_"
@@ -33,7 +35,10 @@ BYTES_IN_FLIGHT_FACTOR = 5
 
 Backend = Literal["native", "transformers", "vllm", "vllm-remote"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+# vLLM's --dtype spellings for the same types.
+DTYPE_ALIASES = {"half": "float16", "float": "float32"}
 Device = Literal["auto", "cpu", "cuda"]
+UvicornLogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
 
 SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
@@ -86,7 +91,8 @@ class ServerConfig(BaseModel):
     # Every render (any template) runs in one of these processes within this many seconds.
     chat_render_workers: int = Field(2, ge=1, le=64)
     chat_render_timeout: float = Field(2.0, gt=0, le=600)
-    # --backend vllm: vLLM engine flags passed through as given (e.g. --tensor-parallel-size 2).
+    # vLLM engine flags as given (e.g. --tensor-parallel-size 2): --backend vllm passes them
+    # through; pe's own backends accept those they honour (pe_server.vllm_flags).
     vllm_args: tuple[str, ...] = ()
     # --backend vllm-remote: the vLLM server (``vllm serve --enable-prompt-embeds``) to forward to.
     upstream: str | None = None
@@ -134,6 +140,10 @@ class ServerConfig(BaseModel):
     retry_after: int = Field(1, ge=1)
     decode_threads: int = Field(2, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # vLLM's --uvicorn-log-level: the level of the HTTP layer's loggers (pe's access lines).
+    uvicorn_log_level: UvicornLogLevel | None = None
+    # vLLM's --disable-fastapi-docs: no /openapi.json (pe serves no /docs or /redoc pages).
+    disable_fastapi_docs: bool = False
     # Test-only fault injection: the engine fails at test_fault_stage (pe_engine's
     # FAULT_STAGES) of the first step after this many steps.
     test_fault_after_steps: int | None = Field(None, ge=0)
@@ -167,6 +177,11 @@ class ServerConfig(BaseModel):
     def _load_chat_template(cls, value: str | None) -> str | None:
         return None if value is None else load_chat_template(value)
 
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype_alias(cls, value: Any) -> Any:
+        return DTYPE_ALIASES.get(value, value) if isinstance(value, str) else value
+
     @field_validator("vllm_args", mode="before")
     @classmethod
     def _split_vllm_args(cls, value: Any) -> Any:
@@ -185,11 +200,7 @@ class ServerConfig(BaseModel):
             raise ValueError("--backend vllm-remote needs --upstream URL (the vLLM server)")
         if self.upstream and self.backend != "vllm-remote":
             raise ValueError("--upstream is only used with --backend vllm-remote")
-        if self.vllm_args and self.backend != "vllm":
-            raise ValueError(
-                f"unrecognized arguments: {' '.join(self.vllm_args)} "
-                "(vLLM engine flags are only passed through with --backend vllm)"
-            )
+        check_engine_args(self.vllm_args, self.backend)
         return self
 
     @model_validator(mode="after")

@@ -41,6 +41,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 @routes.get("/openapi.json")
 async def openapi(request: web.Request) -> web.Response:
+    if request.app[STATE].config.disable_fastapi_docs:  # vLLM's flag: the route is gone
+        raise web.HTTPNotFound()
     return web.Response(body=openapi_bytes(), content_type="application/json")
 
 
