@@ -31,7 +31,8 @@ Codes that differ from the catalogue's, on purpose:
       invalid_parameter. Valid ints that merely declare a huge tensor ([2**31-1, H]) exceed the
       decode budget before anything is decoded: decode_budget_exceeded.
   30  A header that is not a JSON object is not recognised as safetensors: unsupported_format.
-  42  An empty prompt_embeds string is an absent prompt (as in vLLM): missing_parameter.
+  42  An empty prompt_embeds string is an empty payload, as in vLLM (whose "both empty" check
+      counts only None and []): 400 unsupported_format naming prompt_embeds.
   33, 34  Sparse tensors are accepted, as vLLM accepts them (issue 18): a valid COO, CSR or
       CSC tensor answers as its dense twin; out-of-range or unsorted indices are 400
       invalid_sparse, a declared size past the decode budget 400 too_large, both before
@@ -632,8 +633,10 @@ def test_row42_truncated_empty_and_random_bytes(server: ServerProcess, rows: np.
     rng = np.random.default_rng(0)
     for data in (bytes(64), rng.bytes(4096), b"PK\x03\x04" + rng.bytes(1000)):
         expect(server, b64(data), "unsupported_format")
-    # An empty string is an absent prompt (as in vLLM), not an empty tensor.
-    assert_error(complete(server, ""), 400, "missing_parameter")
+    # An empty string is an empty payload (as in vLLM), not an absent prompt; an empty chat
+    # part's data is vLLM's "requires a non-empty `data`" (test_server_vllm_suite_chat.py).
+    error = assert_error(complete(server, ""), 400, "unsupported_format")
+    assert error["param"] == "prompt_embeds"
 
 
 def test_messages_name_the_parameter_and_leak_nothing(

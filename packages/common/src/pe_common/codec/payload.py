@@ -61,6 +61,8 @@ def decode_view(
 
 def parse_file(buf: memoryview, limits: EmbedsLimits, target_dtype: str) -> TensorView:
     """Detect a torch.save zip or a safetensors file by its first bytes and parse it."""
+    if not buf:
+        raise PromptEmbedsError("`prompt_embeds` payload is empty.", code="unsupported_format")
     if len(buf) > limits.max_payload_bytes:
         raise PromptEmbedsError(
             "`prompt_embeds` payload is larger than the size limit.", code="too_large"

@@ -119,7 +119,7 @@ def _check_prompts(req: CompletionRequest, limits: RequestLimits) -> None:
             f"{limits.max_prompts}.",
             "prompt",
         )
-    if _is_empty(req.prompt) and _is_empty(req.prompt_embeds):
+    if _is_empty(req.prompt) and not req.prompt_embeds:
         raise _error(EMPTY_PROMPT_MESSAGE, "prompt", code="missing_parameter")
     for prompt in prompts:
         if isinstance(prompt, list):
@@ -168,9 +168,10 @@ def _check_prompt_chars(num_chars: int, param: str, limits: RequestLimits) -> No
         )
 
 
-def _is_empty(value: Sequence[object] | None) -> bool:
-    # vLLM counts None, "" and [] as empty; a lone empty payload is empty too
-    return not value or (len(value) == 1 and isinstance(value[0], (str, bytes)) and not value[0])
+def _is_empty(prompt: Sequence[object] | None) -> bool:
+    # vLLM counts None, "" and [] as an empty prompt; for prompt_embeds only None and []:
+    # an empty payload is one that fails to load (400 naming prompt_embeds, from the codec).
+    return not prompt or prompt == [""]
 
 
 def _check_sampling(req: GenerateRequest, limits: RequestLimits) -> None:
