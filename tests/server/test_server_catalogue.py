@@ -378,12 +378,18 @@ def test_row22_raw_unsupported_dtypes(server: ServerProcess, rows: np.ndarray, d
     expect(server, raw(rows, dtype=dtype), "unsupported_dtype")
 
 
-@pytest.mark.parametrize("dtype", ["int64", "bool", "uint8", "float64", "complex64"])
+@pytest.mark.parametrize("dtype", ["int64", "int32", "bool", "uint8", "complex64"])
 def test_row22_torch_save_unsupported_dtypes(
     server: ServerProcess, embedder: Embedder, dtype: str
 ) -> None:
     tensor = torch.ones(3, embedder.hidden_size).to(getattr(torch, dtype))
     expect(server, b64(torch_save(tensor)), "unsupported_dtype")
+
+
+def test_row22_torch_save_float64_is_cast(server: ServerProcess, rows: np.ndarray) -> None:
+    """vLLM casts any floating payload to the model dtype; float64 answers as float32."""
+    want = greedy_text(server, b64(torch_save(torch.from_numpy(rows))))
+    assert greedy_text(server, b64(torch_save(torch.from_numpy(rows).double()))) == want
 
 
 @pytest.mark.parametrize("dtype", ["F64", "I64", "BOOL", "U8", "F8_E4M3"])
