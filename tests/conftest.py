@@ -42,7 +42,7 @@ def tiny_models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _build(root: Path, name: str, tokenizer_dir: Path, **kwargs: Any) -> Path:
-    from pe_engine.random_model import build_random_model
+    from pe_engine.model.random_model import build_random_model
 
     return build_random_model(root / name, tokenizer_dir=tokenizer_dir, **kwargs)
 
@@ -102,8 +102,8 @@ class RunnerDriver:
         random.Random(seed).shuffle(self.free_blocks)
 
     def new_seq(self, prompt: Any, params: Any = None) -> Any:
+        from pe_engine.core.sequence import Sequence
         from pe_engine.sampling_params import SamplingParams
-        from pe_engine.sequence import Sequence
 
         params = params or SamplingParams(temperature=0.0, max_tokens=32)
         return Sequence.from_prompt("test", prompt, params)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from pe_engine.block_manager import BlockManager
+from pe_engine.core.block_manager import BlockManager
+from pe_engine.core.sequence import Sequence
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams
-from pe_engine.sequence import Sequence
 
 BS = 4
 H = 4

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pe_common.errors import PEValidationError
-from pe_engine.chat import ChatPromptBuilder, detect_content_format
+from pe_engine.inputs.chat import ChatPromptBuilder, detect_content_format
 
 H = 8
 LLAMA3_TEMPLATE = (

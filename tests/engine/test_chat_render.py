@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from pe_common.errors import InvalidRequestError, PEValidationError
-from pe_engine.chat import ChatPromptBuilder
-from pe_engine.chat_render import ChatRenderBusyError, ChatRenderPool, RenderLimits
+from pe_engine.inputs.chat import ChatPromptBuilder
+from pe_engine.inputs.chat_render import ChatRenderBusyError, ChatRenderPool, RenderLimits
 
 DOS_TEMPLATE = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x"
 OPTIONS = {

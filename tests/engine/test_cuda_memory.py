@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pe_engine import LLM
-from pe_engine.cuda_memory import warmup_forward
+from pe_engine.cuda.memory import warmup_forward
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pe_engine.detokenizer import IncrementalDetokenizer
+from pe_engine.core.detokenizer import IncrementalDetokenizer
 
 TEXT = "Hello, wörld! 日本語のテキスト and emoji 🙂🙃 end."
 

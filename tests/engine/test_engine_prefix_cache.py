@@ -11,7 +11,7 @@ import torch
 
 from pe_common.errors import InvalidRequestError
 from pe_engine import LLM, SamplingParams
-from pe_engine.block_manager import root_hash
+from pe_engine.core.block_manager import root_hash
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

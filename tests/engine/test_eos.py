@@ -17,7 +17,7 @@ import pytest
 
 from eos_model import EOS_AT, IM_END, PROMPT, free_greedy_run, unused_id, write_multi_eos_model
 from pe_engine import LLM, SamplingParams
-from pe_engine.eos import eos_token_ids
+from pe_engine.model.eos import eos_token_ids
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

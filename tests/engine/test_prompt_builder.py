@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pe_common.errors import PEValidationError
-from pe_engine.prompt_builder import PromptBuilder, build_mixed_prompt
+from pe_engine.inputs.prompt_builder import PromptBuilder, build_mixed_prompt
 
 H = 8
 

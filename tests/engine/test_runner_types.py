@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from pe_engine.config import EngineConfig
+from pe_engine.core.sequence import Sequence, SequenceStatus, branch_seed
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams
-from pe_engine.sequence import Sequence, SequenceStatus, branch_seed
 
 
 def mixed_prompt() -> Prompt:

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
+from pe_engine.core.sequence import Sequence
+from pe_engine.model.sampler import Sampler
 from pe_engine.prompt import Prompt
-from pe_engine.sampler import Sampler
 from pe_engine.sampling_params import SamplingParams
-from pe_engine.sequence import Sequence
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

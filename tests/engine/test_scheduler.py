@@ -17,11 +17,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pe_engine.block_manager import BlockManager
+from pe_engine.core.block_manager import BlockManager
+from pe_engine.core.scheduler import Scheduler
+from pe_engine.core.sequence import Sequence, SequenceStatus
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams
-from pe_engine.scheduler import Scheduler
-from pe_engine.sequence import Sequence, SequenceStatus
 
 H = 4
 VOCAB = 997

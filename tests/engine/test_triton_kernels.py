@@ -15,15 +15,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pe_engine.attention import AttentionMetadata, PrefillSpan, TorchAttentionBackend
+from pe_engine.attention.backend import AttentionMetadata, PrefillSpan, TorchAttentionBackend
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton", reason="triton is not installed (tox -e triton installs it)")
 
 # Imported after TRITON_INTERPRET is set: triton reads it when the kernels are defined.
-from pe_engine.kernels import triton_paged
-from pe_engine.triton_attention import TritonAttentionBackend
+from pe_engine.attention.kernels import triton_paged
+from pe_engine.attention.triton_backend import TritonAttentionBackend
 
 pytestmark = [pytest.mark.triton, pytest.mark.usefixtures("torch_single_thread")]
 

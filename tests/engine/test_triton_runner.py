@@ -22,8 +22,8 @@ pytest.importorskip("triton", reason="triton is not installed (tox -e triton ins
 
 # Imported after TRITON_INTERPRET is set: triton reads it when the kernels are defined.
 from pe_engine import LLM, SamplingParams
-from pe_engine.cuda_graphs import DecodeGraphs, graph_batch_sizes
-from pe_engine.triton_attention import TritonAttentionBackend
+from pe_engine.attention.triton_backend import TritonAttentionBackend
+from pe_engine.cuda.graphs import DecodeGraphs, graph_batch_sizes
 
 pytestmark = [pytest.mark.triton, pytest.mark.usefixtures("torch_single_thread")]
 
@@ -137,7 +137,7 @@ import sys
 from pe_engine import LLM, SamplingParams
 llm = LLM(sys.argv[1], device="cpu", max_model_len=64)
 llm.generate("Hello there", SamplingParams(max_tokens=3), use_tqdm=False)
-lazy = ("pe_engine.kernels.triton_paged", "pe_engine.triton_attention", "pe_engine.cuda_graphs")
+lazy = ("pe_engine.attention.kernels.triton_paged", "pe_engine.attention.triton_backend", "pe_engine.cuda.graphs")
 sys.exit(", ".join(m for m in lazy if m in sys.modules) or 0)
 """
 

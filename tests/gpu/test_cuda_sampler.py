@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from pe_engine import LLM, SamplingParams
+from pe_engine.core.sequence import Sequence
+from pe_engine.model.sampler import Sampler
 from pe_engine.prompt import Prompt
-from pe_engine.sampler import Sampler
-from pe_engine.sequence import Sequence
 
 pytestmark = [
     pytest.mark.gpu,

@@ -102,7 +102,7 @@ def test_mixed_chat_is_forwarded_as_full_length_embeds(
 ) -> None:
     import torch
 
-    from pe_engine.chat import ChatPromptBuilder
+    from pe_engine.inputs.chat import ChatPromptBuilder
 
     tokenizer, weights = model_files
     rows = np.random.default_rng(1).standard_normal((3, HIDDEN)).astype(np.float32)

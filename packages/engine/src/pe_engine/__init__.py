@@ -10,19 +10,19 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pe_engine.async_engine import AsyncEngine, EngineDeadError
-    from pe_engine.chat import ChatPromptBuilder
     from pe_engine.config import EngineConfig
+    from pe_engine.inputs.chat import ChatPromptBuilder
+    from pe_engine.inputs.prompt_builder import PromptBuilder
     from pe_engine.llm import LLM
     from pe_engine.llm_engine import EngineStepError, LLMEngine
     from pe_engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
     from pe_engine.prompt import Prompt
-    from pe_engine.prompt_builder import PromptBuilder
     from pe_engine.sampling_params import SamplingParams
 
 _EXPORTS = {
     "AsyncEngine": "pe_engine.async_engine",
     "EngineDeadError": "pe_engine.async_engine",
-    "ChatPromptBuilder": "pe_engine.chat",
+    "ChatPromptBuilder": "pe_engine.inputs.chat",
     "EngineConfig": "pe_engine.config",
     "LLM": "pe_engine.llm",
     "EngineStepError": "pe_engine.llm_engine",
@@ -32,7 +32,7 @@ _EXPORTS = {
     "RequestMetrics": "pe_engine.outputs",
     "RequestOutput": "pe_engine.outputs",
     "Prompt": "pe_engine.prompt",
-    "PromptBuilder": "pe_engine.prompt_builder",
+    "PromptBuilder": "pe_engine.inputs.prompt_builder",
     "SamplingParams": "pe_engine.sampling_params",
 }
 

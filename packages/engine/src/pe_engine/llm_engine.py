@@ -8,17 +8,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pe_common.errors import InvalidRequestError
-from pe_engine.block_manager import BlockManager
 from pe_engine.config import EngineConfig
-from pe_engine.detokenizer import decode_token
-from pe_engine.eos import eos_token_ids
-from pe_engine.model_runner import ModelRunner, SampleResult, StepOutput, check_model_dir
+from pe_engine.core.block_manager import BlockManager
+from pe_engine.core.detokenizer import decode_token
+from pe_engine.core.scheduler import Scheduler
+from pe_engine.core.sequence import Sequence, SequenceStatus
+from pe_engine.inputs.prompt_builder import PromptBuilder
+from pe_engine.model.eos import eos_token_ids
+from pe_engine.model.runner import ModelRunner, SampleResult, StepOutput, check_model_dir
 from pe_engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from pe_engine.prompt import Prompt
-from pe_engine.prompt_builder import PromptBuilder
 from pe_engine.sampling_params import SamplingParams
-from pe_engine.scheduler import Scheduler
-from pe_engine.sequence import Sequence, SequenceStatus
 
 # Where a test's fault injector is called, in loop order: the AsyncEngine's command inbox, then
 # one step (schedule -> prepare -> forward -> sample -> detokenize), then output delivery.

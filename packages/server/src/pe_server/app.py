@@ -79,7 +79,7 @@ async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def chat_render_ctx(app: web.Application) -> AsyncIterator[None]:
     """The chat template render processes (they need the backend's tokenizer)."""
-    from pe_engine.chat_render import ChatRenderPool, RenderLimits
+    from pe_engine.inputs.chat_render import ChatRenderPool, RenderLimits
 
     state = app[STATE]
     config = state.config

@@ -183,7 +183,7 @@ class PromptBuilder:
     # ---- completions prompts -------------------------------------------------------------
 
     async def embeds_prompts(self, tensors: Sequence[torch.Tensor]) -> list[Prompt]:
-        from pe_engine.prompt_builder import build_embeds_prompt
+        from pe_engine.inputs.prompt_builder import build_embeds_prompt
 
         return [build_embeds_prompt(t) for t in tensors]
 
@@ -195,7 +195,7 @@ class PromptBuilder:
     def _text_prompts(
         self, prompts: list[str | Sequence[int]], add_special_tokens: bool
     ) -> list[Prompt]:
-        from pe_engine.prompt_builder import build_text_prompt, build_token_prompt
+        from pe_engine.inputs.prompt_builder import build_text_prompt, build_token_prompt
 
         tokenizer = self.backend.tokenizer
         built = []
@@ -259,7 +259,7 @@ class PromptBuilder:
     def _chat_prompt(self, messages: list[dict[str, Any]], options: ChatOptions) -> Prompt:
         import jinja2
 
-        from pe_engine.chat_render import ChatRenderBusyError
+        from pe_engine.inputs.chat_render import ChatRenderBusyError
 
         try:
             prompt = self.backend.chat_builder.build(

@@ -19,7 +19,7 @@ from pe_server.metrics import ServerMetrics
 from pe_server.sse import EventStream
 
 if TYPE_CHECKING:
-    from pe_engine.chat_render import ChatRenderPool
+    from pe_engine.inputs.chat_render import ChatRenderPool
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 H = TypeVar("H", bound=Handler)

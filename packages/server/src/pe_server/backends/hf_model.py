@@ -27,8 +27,8 @@ class ModelFiles:
 def load_model_files(config: ServerConfig) -> ModelFiles:
     from transformers import AutoConfig, AutoTokenizer
 
-    from pe_engine.chat import ChatPromptBuilder
     from pe_engine.demo_model import resolve_model
+    from pe_engine.inputs.chat import ChatPromptBuilder
 
     model_dir = Path(resolve_model(config.model))
     hf = AutoConfig.from_pretrained(str(model_dir))

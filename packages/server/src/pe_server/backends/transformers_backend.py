@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from pe_engine.eos import eos_token_ids
+from pe_engine.model.eos import eos_token_ids
 from pe_engine.outputs import CompletionOutput, Logprob, RequestOutput
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams
@@ -59,8 +59,8 @@ class TransformersBackend:
     def _load(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from pe_engine.chat import ChatPromptBuilder
         from pe_engine.demo_model import resolve_model
+        from pe_engine.inputs.chat import ChatPromptBuilder
 
         model_dir = Path(resolve_model(self._config.model))
         tokenizer_dir = self._config.tokenizer or str(model_dir)

@@ -33,7 +33,7 @@ PROMPT_EMBEDS_TOKEN = "<prompt_embeds>"
 # Imported once by the forkserver so that a new worker starts in milliseconds; names missing in
 # the installed transformers are skipped by multiprocessing.
 PRELOAD = (
-    "pe_engine.chat_render",
+    "pe_engine.inputs.chat_render",
     "jinja2",
     "transformers.utils.chat_template_utils",
     "transformers.tokenization_utils_tokenizers",

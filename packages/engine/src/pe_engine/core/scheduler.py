@@ -7,12 +7,12 @@ from collections import deque
 from collections.abc import Iterable, MutableSequence
 from typing import TYPE_CHECKING, Any
 
-from pe_engine.block_manager import BlockManager
-from pe_engine.detokenizer import IncrementalDetokenizer
-from pe_engine.sequence import Sequence, SequenceStatus
+from pe_engine.core.block_manager import BlockManager
+from pe_engine.core.detokenizer import IncrementalDetokenizer
+from pe_engine.core.sequence import Sequence, SequenceStatus
 
 if TYPE_CHECKING:
-    from pe_engine.model_runner import SampleResult
+    from pe_engine.model.runner import SampleResult
 
 FINISH_REASONS = {
     SequenceStatus.FINISHED_STOPPED: "stop",

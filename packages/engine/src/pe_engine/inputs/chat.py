@@ -15,15 +15,15 @@ from typing import Any, Literal
 import torch
 
 from pe_common.errors import InvalidRequestError, PEValidationError
-from pe_engine.chat_render import (
+from pe_engine.inputs.chat_render import (
     PROMPT_EMBEDS_TOKEN,
     RENDERER_ARGS,
     ChatRenderPool,
     render_chat,
     with_sentinel,
 )
+from pe_engine.inputs.prompt_builder import PLACEHOLDER_TOKEN_ID, embeds_disabled_error
 from pe_engine.prompt import Prompt
-from pe_engine.prompt_builder import PLACEHOLDER_TOKEN_ID, embeds_disabled_error
 
 MARKER_PREFIX = PROMPT_EMBEDS_TOKEN + "__pe_embed_"
 _MARKER_RE = re.compile(re.escape(MARKER_PREFIX) + r"(\d+)__")

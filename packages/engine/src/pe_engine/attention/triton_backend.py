@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from pe_engine.attention import AttentionBackend, AttentionMetadata
-from pe_engine.kernels import triton_paged
+from pe_engine.attention.backend import AttentionBackend, AttentionMetadata
+from pe_engine.attention.kernels import triton_paged
 
 _FLASH_DTYPES = (torch.float16, torch.bfloat16)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pe_engine.attention import AttentionBackend, AttentionMetadata
+from pe_engine.attention.backend import AttentionBackend, AttentionMetadata
 
 
 def graph_batch_sizes(max_num_seqs: int) -> list[int]:

@@ -10,21 +10,21 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pe_engine import cpu_attention
-from pe_engine.attention import (
+from pe_engine.attention import cpu as cpu_attention
+from pe_engine.attention.backend import (
     AttentionBackend,
     AttentionMetadata,
     PrefillSpan,
     TorchAttentionBackend,
 )
 from pe_engine.config import DEFAULT_CPU_KV_CACHE_MEMORY, EngineConfig
-from pe_engine.eos import eos_token_ids as model_eos_token_ids
-from pe_engine.models.loader import load_model
-from pe_engine.sampler import Sampler, SampleResult, prompt_logprobs
-from pe_engine.sequence import Sequence
+from pe_engine.core.sequence import Sequence
+from pe_engine.model.eos import eos_token_ids as model_eos_token_ids
+from pe_engine.model.loader import load_model
+from pe_engine.model.sampler import Sampler, SampleResult, prompt_logprobs
 
 if TYPE_CHECKING:
-    from pe_engine.cuda_graphs import DecodeGraphs
+    from pe_engine.cuda.graphs import DecodeGraphs
 
 __all__ = ["ModelRunner", "SampleResult", "StepOutput"]
 
@@ -62,7 +62,7 @@ class ModelRunner:
     fault_injector: Callable[[str], None] | None = None
 
     def __init__(self, config: EngineConfig, *, eos_token_ids: Iterable[int] | None = None) -> None:
-        """``eos_token_ids``: the engine's one EOS set (``pe_engine.eos``); when None, the
+        """``eos_token_ids``: the engine's one EOS set (``pe_engine.model.eos``); when None, the
         model files' (a runner used without a tokenizer)."""
         check_model_dir(config)
         self.config = config
@@ -116,7 +116,7 @@ class ModelRunner:
         return num_blocks
 
     def _profile_kv_cache_memory(self) -> int:
-        from pe_engine.cuda_memory import kv_cache_memory
+        from pe_engine.cuda.memory import kv_cache_memory
 
         memory = kv_cache_memory(
             self.model,
@@ -141,7 +141,7 @@ class ModelRunner:
         choice = self.config.cpu_linear
         if self.device.type != "cpu" or self.dtype != torch.float32 or choice == "torch":
             return
-        from pe_engine.cpu_linear import PackedLinear, onednn_linear_works, pack_linears
+        from pe_engine.model.cpu_linear import PackedLinear, onednn_linear_works, pack_linears
 
         if not onednn_linear_works():
             if choice == "onednn":
@@ -169,7 +169,7 @@ class ModelRunner:
             return None
         if isinstance(self.backend, TorchAttentionBackend):
             return None  # the reference backend syncs with the host: not capturable
-        from pe_engine.cuda_graphs import DecodeGraphs
+        from pe_engine.cuda.graphs import DecodeGraphs
 
         graphs = DecodeGraphs(
             self.model,
@@ -412,7 +412,7 @@ def _attention_backend(config: EngineConfig, device: torch.device) -> AttentionB
                 f"(got {device.type}, {config.dtype_name})."
             )
         return cpu_attention.CpuAttentionBackend()
-    from pe_engine.triton_attention import TritonAttentionBackend
+    from pe_engine.attention.triton_backend import TritonAttentionBackend
 
     return TritonAttentionBackend()
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pe_engine.attention import AttentionBackend, AttentionMetadata
+from pe_engine.attention.backend import AttentionBackend, AttentionMetadata
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from pe_engine.attention import AttentionMetadata, TorchAttentionBackend
+from pe_engine.attention.backend import AttentionMetadata, TorchAttentionBackend
 from pe_engine.demo_model import cache_dir
 
 log = logging.getLogger("pe_engine")
@@ -119,7 +119,7 @@ def _build() -> ctypes.CDLL | KernelBuildError:
 
 
 def _build_and_load() -> ctypes.CDLL:
-    source = resources.files("pe_engine.kernels").joinpath(_SOURCE).read_bytes()
+    source = resources.files("pe_engine.attention.kernels").joinpath(_SOURCE).read_bytes()
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise KernelBuildError("no C compiler (cc or gcc) on PATH")

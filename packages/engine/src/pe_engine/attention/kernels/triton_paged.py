@@ -1,4 +1,4 @@
-"""Triton kernels over the head-major paged KV pool (see :mod:`pe_engine.attention`).
+"""Triton kernels over the head-major paged KV pool (see :mod:`pe_engine.attention.backend`).
 
 Per layer the pool is ``[2, num_kv_heads, num_blocks, block_size, head_dim]``: the K (or V) of
 KV head ``h`` at cache slot ``s`` lives at ``h * num_slots * head_dim + s * head_dim``.

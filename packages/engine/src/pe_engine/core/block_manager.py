@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from pe_engine.sequence import Sequence
+    from pe_engine.core.sequence import Sequence
 
 _ROOT_HASH = b"\x00" * 32
 _SALT_TAG = b"pe-cache-salt\x00"

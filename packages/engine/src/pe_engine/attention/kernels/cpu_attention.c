@@ -12,7 +12,7 @@
  *   k_pool/v_pool [num_kv_heads, num_blocks, block_size, head_dim]   (one layer's K or V)
  *   block_tables  [num_seqs, table_stride] int64; context_lens [num_seqs] int64, >= 1
  *
- * Built at run time by pe_engine/cpu_attention.py (gcc -O3 -march=native -fopenmp); no
+ * Built at run time by pe_engine/attention/cpu.py (gcc -O3 -march=native -fopenmp); no
  * -ffast-math: reductions are vectorised through `omp simd reduction`, and exp is the
  * polynomial below, so nothing changes the floating-point mode of the process.
  */

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
+from pe_engine.core.sequence import Sequence
 from pe_engine.sampling_params import SamplingParams
-from pe_engine.sequence import Sequence
 
 
 @dataclass
