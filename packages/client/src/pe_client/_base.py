@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, Union, cast
+from typing import Any, Generic, Literal, TypeVar, Union, cast
 
 import httpx
 import msgspec
 import numpy as np
+from typing_extensions import Self
 
 from pe_client._version import __version__
 from pe_client.errors import (
@@ -22,6 +23,7 @@ from pe_client.retries import RetryPolicy, is_retryable_status
 from pe_client.tensors import EmbedsFormat, check_format
 
 T = TypeVar("T")
+HttpT = TypeVar("HttpT", httpx.Client, httpx.AsyncClient)
 
 Transport = Literal["json", "msgpack"]
 TimeoutTypes = Union[float, httpx.Timeout, None]
@@ -64,6 +66,11 @@ class RequestOptions:
     extra_body: Mapping[str, object] | None = None
     timeout: TimeoutTypes | NotGiven = NOT_GIVEN
 
+    @property
+    def has_body(self) -> bool:
+        """Whether the call sends a body (a GET sends none unless ``extra_body`` asks)."""
+        return self.build_body is not None or bool(self.extra_body)
+
 
 def _enc_hook(obj: object) -> object:
     if isinstance(obj, np.generic):
@@ -77,19 +84,26 @@ _JSON_ENCODER = msgspec.json.Encoder(enc_hook=_enc_hook)
 _MSGPACK_ENCODER = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
 
 
-class BaseClient:
-    """Configuration and the transport-independent half of every request."""
+class BaseClient(Generic[HttpT]):
+    """Configuration and the I/O-free half of every request, for the sync and async shells.
+
+    A shell sets ``_http_type``, attaches its resources in ``_init_resources`` and does the I/O:
+    send, read, sleep between tries, close.
+    """
+
+    _http_type: type[HttpT]
 
     def __init__(
         self,
         *,
-        base_url: str | httpx.URL | None,
-        api_key: str | None,
-        timeout: TimeoutTypes,
-        max_retries: int,
-        default_headers: Mapping[str, str] | None,
-        transport: Transport,
-        embeds_format: EmbedsFormat,
+        base_url: str | httpx.URL | None = None,
+        api_key: str | None = None,
+        timeout: TimeoutTypes = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        default_headers: Mapping[str, str] | None = None,
+        transport: Transport = "json",
+        embeds_format: EmbedsFormat = "safetensors",
+        http_client: HttpT | None = None,
     ) -> None:
         if transport not in ("json", "msgpack"):
             raise ValueError(f"transport must be 'json' or 'msgpack', got {transport!r}")
@@ -108,14 +122,21 @@ class BaseClient:
         self.embeds_format: EmbedsFormat = check_format(embeds_format)
         self._retry_policy = RetryPolicy(max_retries=max_retries)
         self._decoders: dict[tuple[str, type[Any]], Any] = {}
+        self._owns_http = http_client is None
+        self._http: HttpT = http_client or self._http_type(timeout=timeout)
+        self._init_resources()
+
+    def _init_resources(self) -> None:
+        raise NotImplementedError
 
     @property
     def is_binary(self) -> bool:
         """True when tensors travel as raw bytes (msgpack transport)."""
         return self.transport == "msgpack"
 
-    def _option_kwargs(self) -> dict[str, Any]:
-        return {
+    def with_options(self, **overrides: Any) -> Self:
+        """A copy with some constructor arguments changed, sharing this client's connections."""
+        kwargs = {
             "base_url": self.base_url,
             "api_key": self.api_key,
             "timeout": self.timeout,
@@ -123,14 +144,24 @@ class BaseClient:
             "default_headers": self.default_headers,
             "transport": self.transport,
             "embeds_format": self.embeds_format,
+            "http_client": self._http,
         }
+        return type(self)(**{**kwargs, **overrides})
+
+    def request(self, options: RequestOptions, cast_to: type[T]) -> object:
+        """Send ``options`` and decode the body into ``cast_to`` (awaitable in the async shell)."""
+        raise NotImplementedError
+
+    def request_stream(self, options: RequestOptions, chunk_type: type[T]) -> object:
+        """Send ``options`` and return the open event stream (awaitable in the async shell)."""
+        raise NotImplementedError
 
     def _auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def _encode_body(self, options: RequestOptions) -> bytes | None:
         """The request body bytes (CPU work: tensor encoding happens here)."""
-        if options.build_body is None and not options.extra_body:
+        if not options.has_body:
             return None
         body = options.build_body(self.is_binary) if options.build_body else {}
         if options.extra_body:
@@ -139,9 +170,7 @@ class BaseClient:
             return _MSGPACK_ENCODER.encode(body)
         return _JSON_ENCODER.encode(body)
 
-    def _build_request(
-        self, http: httpx.Client | httpx.AsyncClient, options: RequestOptions, content: bytes | None
-    ) -> httpx.Request:
+    def _build_request(self, options: RequestOptions, content: bytes | None) -> httpx.Request:
         headers = {
             "User-Agent": f"pe-client/{__version__}",
             "Accept": self._accept(options.stream),
@@ -154,7 +183,7 @@ class BaseClient:
             headers.update(options.extra_headers)
         timeout = self.timeout if isinstance(options.timeout, NotGiven) else options.timeout
         url = self.base_url.join(options.path.lstrip("/"))
-        return http.build_request(
+        return self._http.build_request(
             options.method, url, content=content, headers=headers, timeout=timeout
         )
 
@@ -162,6 +191,20 @@ class BaseClient:
         if stream:
             return SSE_TYPE
         return MSGPACK_TYPE if self.is_binary else JSON_TYPE
+
+    def _delay_after_transport_error(
+        self, exc: httpx.TransportError, request: httpx.Request, num_retries: int
+    ) -> float:
+        """Seconds to wait before the next try; raises the SDK error when no try is left."""
+        if num_retries < self.max_retries:
+            return self._retry_policy.delay(num_retries)
+        raise connection_error(exc, request) from exc
+
+    def _delay_after_error_status(self, response: httpx.Response, num_retries: int) -> float:
+        """Seconds to wait before the next try; raises the typed error when this one is final."""
+        if num_retries < self.max_retries and self._should_retry(response):
+            return self._retry_policy.delay(num_retries, response.headers)
+        raise self._status_error(response)
 
     def _should_retry(self, response: httpx.Response) -> bool:
         override = str(response.headers.get("x-should-retry", "")).lower()

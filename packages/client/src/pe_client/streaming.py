@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Generic, TypeVar
 
 import httpx
 import msgspec
 
+from pe_client._closing import AsyncClosing, Closing
 from pe_client.errors import APIConnectionError, APIError, APIResponseValidationError
 
 ChunkT = TypeVar("ChunkT")
@@ -119,13 +119,32 @@ def _next_line_end(buffer: bytes, start: int) -> tuple[int, int] | None:
 
 
 class ChunkDecoder(Generic[ChunkT]):
-    """Turns the events of a stream into typed chunks; ``None`` marks the end (``[DONE]``)."""
+    """Turns the bytes of a stream into typed chunks, up to ``[DONE]`` (which sets ``is_done``)."""
 
     def __init__(self, chunk_type: type[ChunkT], response: httpx.Response) -> None:
         self._decoder = msgspec.json.Decoder(chunk_type)
         self._response = response
+        self._events = SSEDecoder()
+        self.is_done = False
+
+    def feed(self, raw: bytes) -> Iterator[ChunkT]:
+        """The chunks completed by ``raw``, each decoded as it is taken."""
+        return self._until_done(self._events.feed(raw))
+
+    def flush(self) -> Iterator[ChunkT]:
+        """The chunks left at the end of the body."""
+        return self._until_done(self._events.flush())
+
+    def _until_done(self, events: list[ServerSentEvent]) -> Iterator[ChunkT]:
+        for event in events:
+            chunk = self.decode(event)
+            if chunk is None:
+                self.is_done = True
+                return
+            yield chunk
 
     def decode(self, event: ServerSentEvent) -> ChunkT | None:
+        """One event's chunk; ``None`` marks the end (``[DONE]``)."""
         if event.data.strip() == DONE:
             return None
         data = event.data.encode()
@@ -137,6 +156,12 @@ class ChunkDecoder(Generic[ChunkT]):
             raise APIResponseValidationError(
                 f"malformed stream chunk: {exc}", response=self._response
             ) from None
+
+    def interrupted(self, exc: httpx.TransportError) -> APIConnectionError:
+        """The error for a body cut off before ``[DONE]``."""
+        return APIConnectionError(
+            request=self._response.request, message=f"stream interrupted: {exc}"
+        )
 
     def _raise_if_error(self, data: bytes) -> None:
         try:
@@ -155,32 +180,34 @@ class ChunkDecoder(Generic[ChunkT]):
         )
 
 
-class Stream(Generic[ChunkT]):
-    """A synchronous stream of typed chunks; iterate it, ideally inside ``with``."""
+class BaseStream(Generic[ChunkT]):
+    """The HTTP response and its chunk decoder; the shells below only read and close."""
+
+    _iterator: object
 
     def __init__(self, chunk_type: type[ChunkT], response: httpx.Response) -> None:
         self.response = response
         self._chunks = ChunkDecoder(chunk_type, response)
         self._iterator = self._stream()
 
+    def _stream(self) -> object:
+        raise NotImplementedError
+
+
+class Stream(BaseStream[ChunkT], Closing):
+    """A synchronous stream of typed chunks; iterate it, ideally inside ``with``."""
+
+    _iterator: Generator[ChunkT, None, None]
+
     def _stream(self) -> Generator[ChunkT, None, None]:
-        decoder = SSEDecoder()
         try:
             for raw in self.response.iter_bytes():
-                for event in decoder.feed(raw):
-                    chunk = self._chunks.decode(event)
-                    if chunk is None:
-                        return
-                    yield chunk
-            for event in decoder.flush():
-                chunk = self._chunks.decode(event)
-                if chunk is None:
+                yield from self._chunks.feed(raw)
+                if self._chunks.is_done:
                     return
-                yield chunk
+            yield from self._chunks.flush()
         except httpx.TransportError as exc:
-            raise APIConnectionError(
-                request=self.response.request, message=f"stream interrupted: {exc}"
-            ) from exc
+            raise self._chunks.interrupted(exc) from exc
         finally:
             self.response.close()
 
@@ -196,44 +223,23 @@ class Stream(Generic[ChunkT]):
         self._iterator.close()
         self.response.close()
 
-    def __enter__(self) -> Stream[ChunkT]:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class AsyncStream(Generic[ChunkT]):
+class AsyncStream(BaseStream[ChunkT], AsyncClosing):
     """An asynchronous stream of typed chunks; iterate it, ideally inside ``async with``."""
 
-    def __init__(self, chunk_type: type[ChunkT], response: httpx.Response) -> None:
-        self.response = response
-        self._chunks = ChunkDecoder(chunk_type, response)
-        self._iterator = self._stream()
+    _iterator: AsyncGenerator[ChunkT, None]
 
     async def _stream(self) -> AsyncGenerator[ChunkT, None]:
-        decoder = SSEDecoder()
         try:
             async for raw in self.response.aiter_bytes():
-                for event in decoder.feed(raw):
-                    chunk = self._chunks.decode(event)
-                    if chunk is None:
-                        return
+                for chunk in self._chunks.feed(raw):
                     yield chunk
-            for event in decoder.flush():
-                chunk = self._chunks.decode(event)
-                if chunk is None:
+                if self._chunks.is_done:
                     return
+            for chunk in self._chunks.flush():
                 yield chunk
         except httpx.TransportError as exc:
-            raise APIConnectionError(
-                request=self.response.request, message=f"stream interrupted: {exc}"
-            ) from exc
+            raise self._chunks.interrupted(exc) from exc
         finally:
             await self.response.aclose()
 
@@ -247,14 +253,3 @@ class AsyncStream(Generic[ChunkT]):
         """Close the HTTP response (the server aborts a request that is still running)."""
         await self._iterator.aclose()
         await self.response.aclose()
-
-    async def __aenter__(self) -> AsyncStream[ChunkT]:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
