@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import inspect
 import json
+from collections.abc import Callable
 
 import msgspec
 import numpy as np
@@ -13,6 +15,14 @@ from client_fakes import FakeServer, Reply, chat_json, completion_json
 from pe_client import AsyncPEClient, PEClient, RawTensor
 from pe_client.messages import user
 from pe_client.params import ChatCompletionParams, CompletionParams
+from pe_client.resources import (
+    AsyncChatCompletions,
+    AsyncCompletions,
+    AsyncModels,
+    ChatCompletions,
+    Completions,
+    Models,
+)
 from pe_common.codec import decode_prompt_embeds_numpy
 from pe_common.protocol import ChatCompletionResponse, CompletionResponse, ModelList
 
@@ -280,3 +290,29 @@ async def test_async_models_list(fake_server: FakeServer) -> None:
     fake_server.script(Reply(body={"object": "list", "data": []}))
     async with AsyncPEClient(base_url=fake_server.base_url) as client:
         assert (await client.models.list()).data == []
+
+
+@pytest.mark.parametrize(
+    ("sync_method", "async_method"),
+    [
+        (Completions.create, AsyncCompletions.create),
+        (ChatCompletions.create, AsyncChatCompletions.create),
+        (Models.list, AsyncModels.list),
+    ],
+)
+def test_async_methods_are_coroutine_functions_with_the_sync_parameters(
+    sync_method: Callable[..., object], async_method: Callable[..., object]
+) -> None:
+    assert inspect.iscoroutinefunction(async_method)
+    assert not inspect.iscoroutinefunction(sync_method)
+    sync_params = inspect.signature(sync_method).parameters
+    assert inspect.signature(async_method).parameters == sync_params
+    assert "extra_headers" in sync_params and "timeout" in sync_params
+
+
+async def test_async_create_checks_its_arguments_when_awaited(fake_server: FakeServer) -> None:
+    async with AsyncPEClient(base_url=fake_server.base_url) as client:
+        pending = client.completions.create(model="m", prompt="a", max_token=3)  # type: ignore[call-overload]
+        with pytest.raises(TypeError, match="max_token"):
+            await pending
+    assert fake_server.requests == []

@@ -4,17 +4,22 @@ Declared once as TypedDicts (shared by the sync and async resources, checked by 
 through ``**params: Unpack[...]``, and checked at run time: an unknown keyword is a TypeError).
 Names and meanings are OpenAI's plus vLLM's sampling extras, exactly the fields of pe's request
 schema (``pe_common.protocol``); anything else (another server's extras) goes through
-``extra_body``.
+``extra_body``. ``CompletionArgs`` / ``ChatCompletionArgs`` add the other keywords (model, the
+prompt or messages, and the per-request ``RequestExtras``): the ``create`` overloads take them,
+so that each overload only says how ``stream`` decides the return type.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Union
 
-from typing_extensions import TypedDict
+from typing_extensions import Required, TypedDict
+
+from pe_client._base import NotGiven, TimeoutTypes
 
 Stop = Union[str, list[str]]
+PromptInput = Union[str, list[str], list[int], list[list[int]]]
 
 
 class StreamOptions(TypedDict, total=False):
@@ -74,6 +79,29 @@ class ChatCompletionParams(SamplingParams, total=False):
     continue_final_message: bool
     tools: list[dict[str, Any]]
     tool_choice: Union[str, dict[str, Any]]
+
+
+class RequestExtras(TypedDict, total=False):
+    """Per-request additions and overrides, accepted by every call."""
+
+    extra_headers: Mapping[str, str] | None
+    extra_body: Mapping[str, object] | None
+    timeout: TimeoutTypes | NotGiven
+
+
+class CompletionArgs(CompletionParams, RequestExtras, total=False):
+    """Every keyword of ``completions.create`` but ``stream`` (its overloads' parameters)."""
+
+    model: Required[str]
+    prompt: PromptInput | None
+    prompt_embeds: object | None
+
+
+class ChatCompletionArgs(ChatCompletionParams, RequestExtras, total=False):
+    """Every keyword of ``chat.completions.create`` but ``stream`` (its overloads' parameters)."""
+
+    model: Required[str]
+    messages: Required[Iterable[Mapping[str, Any]]]
 
 
 def checked_params(

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from typing_extensions import Unpack
 
-from pe_client._base import NOT_GIVEN, NotGiven, RequestOptions, TimeoutTypes
-from pe_client.params import ChatCompletionParams, checked_params
+from pe_client._base import NOT_GIVEN, BodyBuilder, NotGiven, TimeoutTypes
+from pe_client.params import (
+    ChatCompletionArgs,
+    ChatCompletionParams,
+    RequestExtras,
+    checked_params,
+)
+from pe_client.resources._resource import (
+    APIResource,
+    Endpoint,
+    ResponseT,
+    StreamT,
+    coroutine_method,
+)
 from pe_client.streaming import AsyncStream, Stream
 from pe_client.tensors import EmbedsFormat, encode_embeds, is_tensor
 from pe_common.protocol import ChatCompletionResponse, ChatCompletionStreamResponse
@@ -53,18 +65,19 @@ def _encode_part(part: object, embeds_format: EmbedsFormat, binary: bool) -> obj
     return {**part, "data": encoded}
 
 
-def chat_request(
-    *,
+CHAT_COMPLETIONS = Endpoint(
+    "POST", "chat/completions", ChatCompletionResponse, ChatCompletionStreamResponse
+)
+
+
+def chat_body(
     model: str,
     messages: Iterable[Mapping[str, Any]],
     stream: bool,
-    embeds_format: EmbedsFormat,
     params: Mapping[str, object],
-    extra_headers: Mapping[str, str] | None,
-    extra_body: Mapping[str, object] | None,
-    timeout: TimeoutTypes | NotGiven,
-) -> RequestOptions:
-    """The POST /chat/completions call; tensors are encoded when the body is built."""
+    embeds_format: EmbedsFormat,
+) -> BodyBuilder:
+    """The POST /chat/completions body, built when it is sent (tensors are encoded then)."""
     fields = checked_params(params, ChatCompletionParams, "chat.completions")
     message_list = list(messages)
 
@@ -78,61 +91,22 @@ def chat_request(
         body.update(fields)
         return body
 
-    return RequestOptions(
-        method="POST",
-        path="chat/completions",
-        build_body=build,
-        stream=stream,
-        extra_headers=extra_headers,
-        extra_body=extra_body,
-        timeout=timeout,
-    )
+    return build
 
 
-class ChatCompletions:
-    """``client.chat.completions``."""
-
-    def __init__(self, client: PEClient) -> None:
-        self._client = client
+class BaseChatCompletions(APIResource[ResponseT, StreamT]):
+    """``client.chat.completions`` for either client, generic in what ``create`` returns."""
 
     @overload
     def create(
-        self,
-        *,
-        model: str,
-        messages: Iterable[Mapping[str, Any]],
-        stream: Literal[False] = False,
-        extra_headers: Mapping[str, str] | None = None,
-        extra_body: Mapping[str, object] | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-        **params: Unpack[ChatCompletionParams],
-    ) -> ChatCompletionResponse: ...
-
+        self, *, stream: Literal[False] = False, **params: Unpack[ChatCompletionArgs]
+    ) -> ResponseT: ...
+    @overload
+    def create(self, *, stream: Literal[True], **params: Unpack[ChatCompletionArgs]) -> StreamT: ...
     @overload
     def create(
-        self,
-        *,
-        model: str,
-        messages: Iterable[Mapping[str, Any]],
-        stream: Literal[True],
-        extra_headers: Mapping[str, str] | None = None,
-        extra_body: Mapping[str, object] | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-        **params: Unpack[ChatCompletionParams],
-    ) -> Stream[ChatCompletionStreamResponse]: ...
-
-    @overload
-    def create(
-        self,
-        *,
-        model: str,
-        messages: Iterable[Mapping[str, Any]],
-        stream: bool,
-        extra_headers: Mapping[str, str] | None = None,
-        extra_body: Mapping[str, object] | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-        **params: Unpack[ChatCompletionParams],
-    ) -> ChatCompletionResponse | Stream[ChatCompletionStreamResponse]: ...
+        self, *, stream: bool, **params: Unpack[ChatCompletionArgs]
+    ) -> ResponseT | StreamT: ...
 
     def create(
         self,
@@ -144,7 +118,7 @@ class ChatCompletions:
         extra_body: Mapping[str, object] | None = None,
         timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
         **params: Unpack[ChatCompletionParams],
-    ) -> ChatCompletionResponse | Stream[ChatCompletionStreamResponse]:
+    ) -> ResponseT | StreamT:
         """Create a chat completion.
 
         Args:
@@ -158,91 +132,26 @@ class ChatCompletions:
                 max_completion_tokens, temperature, top_p, top_k, min_p, n, seed, stop,
                 logprobs, top_logprobs, penalties, chat_template, chat_template_kwargs, ...
         """
-        options = chat_request(
-            model=model,
-            messages=messages,
-            stream=stream,
-            embeds_format=self._client.embeds_format,
-            params=params,
-            extra_headers=extra_headers,
-            extra_body=extra_body,
-            timeout=timeout,
-        )
-        if stream:
-            return self._client.request_stream(options, ChatCompletionStreamResponse)
-        return self._client.request(options, ChatCompletionResponse)
+        body = chat_body(model, messages, stream, params, self._client.embeds_format)
+        extras = RequestExtras(extra_headers=extra_headers, extra_body=extra_body, timeout=timeout)
+        return self._call(CHAT_COMPLETIONS, extras, body, stream)
 
 
-class AsyncChatCompletions:
+class ChatCompletions(
+    BaseChatCompletions[ChatCompletionResponse, Stream[ChatCompletionStreamResponse]]
+):
+    """``client.chat.completions``."""
+
+
+class AsyncChatCompletions(
+    BaseChatCompletions[
+        Coroutine[Any, Any, ChatCompletionResponse],
+        Coroutine[Any, Any, AsyncStream[ChatCompletionStreamResponse]],
+    ]
+):
     """``client.chat.completions`` of :class:`~pe_client.AsyncPEClient`."""
 
-    def __init__(self, client: AsyncPEClient) -> None:
-        self._client = client
-
-    @overload
-    async def create(
-        self,
-        *,
-        model: str,
-        messages: Iterable[Mapping[str, Any]],
-        stream: Literal[False] = False,
-        extra_headers: Mapping[str, str] | None = None,
-        extra_body: Mapping[str, object] | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-        **params: Unpack[ChatCompletionParams],
-    ) -> ChatCompletionResponse: ...
-
-    @overload
-    async def create(
-        self,
-        *,
-        model: str,
-        messages: Iterable[Mapping[str, Any]],
-        stream: Literal[True],
-        extra_headers: Mapping[str, str] | None = None,
-        extra_body: Mapping[str, object] | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-        **params: Unpack[ChatCompletionParams],
-    ) -> AsyncStream[ChatCompletionStreamResponse]: ...
-
-    @overload
-    async def create(
-        self,
-        *,
-        model: str,
-        messages: Iterable[Mapping[str, Any]],
-        stream: bool,
-        extra_headers: Mapping[str, str] | None = None,
-        extra_body: Mapping[str, object] | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-        **params: Unpack[ChatCompletionParams],
-    ) -> ChatCompletionResponse | AsyncStream[ChatCompletionStreamResponse]: ...
-
-    async def create(
-        self,
-        *,
-        model: str,
-        messages: Iterable[Mapping[str, Any]],
-        stream: bool = False,
-        extra_headers: Mapping[str, str] | None = None,
-        extra_body: Mapping[str, object] | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-        **params: Unpack[ChatCompletionParams],
-    ) -> ChatCompletionResponse | AsyncStream[ChatCompletionStreamResponse]:
-        """Create a chat completion; the arguments are :meth:`ChatCompletions.create`'s."""
-        options = chat_request(
-            model=model,
-            messages=messages,
-            stream=stream,
-            embeds_format=self._client.embeds_format,
-            params=params,
-            extra_headers=extra_headers,
-            extra_body=extra_body,
-            timeout=timeout,
-        )
-        if stream:
-            return await self._client.request_stream(options, ChatCompletionStreamResponse)
-        return await self._client.request(options, ChatCompletionResponse)
+    create = coroutine_method(BaseChatCompletions.create)
 
 
 class Chat:

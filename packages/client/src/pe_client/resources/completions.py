@@ -2,36 +2,42 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Literal, Union, overload
+from collections.abc import Coroutine, Mapping
+from typing import Any, Literal, overload
 
 from typing_extensions import Unpack
 
-from pe_client._base import NOT_GIVEN, BodyBuilder, NotGiven, RequestOptions, TimeoutTypes
-from pe_client.params import CompletionParams, checked_params
+from pe_client._base import NOT_GIVEN, BodyBuilder, NotGiven, TimeoutTypes
+from pe_client.params import (
+    CompletionArgs,
+    CompletionParams,
+    PromptInput,
+    RequestExtras,
+    checked_params,
+)
+from pe_client.resources._resource import (
+    APIResource,
+    Endpoint,
+    ResponseT,
+    StreamT,
+    coroutine_method,
+)
 from pe_client.streaming import AsyncStream, Stream
 from pe_client.tensors import EmbedsFormat, encode_embeds_list
 from pe_common.protocol import CompletionResponse, CompletionStreamResponse
 
-if TYPE_CHECKING:
-    from pe_client.client import AsyncPEClient, PEClient
-
-PromptInput = Union[str, list[str], list[int], list[list[int]]]
+COMPLETIONS = Endpoint("POST", "completions", CompletionResponse, CompletionStreamResponse)
 
 
-def completion_request(
-    *,
+def completion_body(
     model: str,
     prompt: PromptInput | None,
     prompt_embeds: object | None,
     stream: bool,
-    embeds_format: EmbedsFormat,
     params: Mapping[str, object],
-    extra_headers: Mapping[str, str] | None,
-    extra_body: Mapping[str, object] | None,
-    timeout: TimeoutTypes | NotGiven,
-) -> RequestOptions:
-    """The POST /completions call; tensors are encoded when the body is built."""
+    embeds_format: EmbedsFormat,
+) -> BodyBuilder:
+    """The POST /completions body, built when it is sent (tensors are encoded then)."""
     fields = checked_params(params, CompletionParams, "completions")
 
     def build(binary: bool) -> dict[str, object]:
@@ -45,65 +51,20 @@ def completion_request(
         body.update(fields)
         return body
 
-    builder: BodyBuilder = build
-    return RequestOptions(
-        method="POST",
-        path="completions",
-        build_body=builder,
-        stream=stream,
-        extra_headers=extra_headers,
-        extra_body=extra_body,
-        timeout=timeout,
-    )
+    return build
 
 
-class Completions:
-    """``client.completions``."""
-
-    def __init__(self, client: PEClient) -> None:
-        self._client = client
+class BaseCompletions(APIResource[ResponseT, StreamT]):
+    """``client.completions`` for either client, generic in what ``create`` returns."""
 
     @overload
     def create(
-        self,
-        *,
-        model: str,
-        prompt: PromptInput | None = None,
-        prompt_embeds: object | None = None,
-        stream: Literal[False] = False,
-        extra_headers: Mapping[str, str] | None = None,
-        extra_body: Mapping[str, object] | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-        **params: Unpack[CompletionParams],
-    ) -> CompletionResponse: ...
-
+        self, *, stream: Literal[False] = False, **params: Unpack[CompletionArgs]
+    ) -> ResponseT: ...
     @overload
-    def create(
-        self,
-        *,
-        model: str,
-        prompt: PromptInput | None = None,
-        prompt_embeds: object | None = None,
-        stream: Literal[True],
-        extra_headers: Mapping[str, str] | None = None,
-        extra_body: Mapping[str, object] | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-        **params: Unpack[CompletionParams],
-    ) -> Stream[CompletionStreamResponse]: ...
-
+    def create(self, *, stream: Literal[True], **params: Unpack[CompletionArgs]) -> StreamT: ...
     @overload
-    def create(
-        self,
-        *,
-        model: str,
-        prompt: PromptInput | None = None,
-        prompt_embeds: object | None = None,
-        stream: bool,
-        extra_headers: Mapping[str, str] | None = None,
-        extra_body: Mapping[str, object] | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-        **params: Unpack[CompletionParams],
-    ) -> CompletionResponse | Stream[CompletionStreamResponse]: ...
+    def create(self, *, stream: bool, **params: Unpack[CompletionArgs]) -> ResponseT | StreamT: ...
 
     def create(
         self,
@@ -116,7 +77,7 @@ class Completions:
         extra_body: Mapping[str, object] | None = None,
         timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
         **params: Unpack[CompletionParams],
-    ) -> CompletionResponse | Stream[CompletionStreamResponse]:
+    ) -> ResponseT | StreamT:
         """Create a completion from text, token ids and/or prompt embeddings.
 
         Args:
@@ -132,94 +93,23 @@ class Completions:
                 presence/frequency/repetition penalties, logprobs, min_tokens, ignore_eos, echo,
                 suffix, stream_options, return_token_ids, prompt_logprobs, ...
         """
-        options = completion_request(
-            model=model,
-            prompt=prompt,
-            prompt_embeds=prompt_embeds,
-            stream=stream,
-            embeds_format=self._client.embeds_format,
-            params=params,
-            extra_headers=extra_headers,
-            extra_body=extra_body,
-            timeout=timeout,
+        body = completion_body(
+            model, prompt, prompt_embeds, stream, params, self._client.embeds_format
         )
-        if stream:
-            return self._client.request_stream(options, CompletionStreamResponse)
-        return self._client.request(options, CompletionResponse)
+        extras = RequestExtras(extra_headers=extra_headers, extra_body=extra_body, timeout=timeout)
+        return self._call(COMPLETIONS, extras, body, stream)
 
 
-class AsyncCompletions:
+class Completions(BaseCompletions[CompletionResponse, Stream[CompletionStreamResponse]]):
+    """``client.completions``."""
+
+
+class AsyncCompletions(
+    BaseCompletions[
+        Coroutine[Any, Any, CompletionResponse],
+        Coroutine[Any, Any, AsyncStream[CompletionStreamResponse]],
+    ]
+):
     """``client.completions`` of :class:`~pe_client.AsyncPEClient`."""
 
-    def __init__(self, client: AsyncPEClient) -> None:
-        self._client = client
-
-    @overload
-    async def create(
-        self,
-        *,
-        model: str,
-        prompt: PromptInput | None = None,
-        prompt_embeds: object | None = None,
-        stream: Literal[False] = False,
-        extra_headers: Mapping[str, str] | None = None,
-        extra_body: Mapping[str, object] | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-        **params: Unpack[CompletionParams],
-    ) -> CompletionResponse: ...
-
-    @overload
-    async def create(
-        self,
-        *,
-        model: str,
-        prompt: PromptInput | None = None,
-        prompt_embeds: object | None = None,
-        stream: Literal[True],
-        extra_headers: Mapping[str, str] | None = None,
-        extra_body: Mapping[str, object] | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-        **params: Unpack[CompletionParams],
-    ) -> AsyncStream[CompletionStreamResponse]: ...
-
-    @overload
-    async def create(
-        self,
-        *,
-        model: str,
-        prompt: PromptInput | None = None,
-        prompt_embeds: object | None = None,
-        stream: bool,
-        extra_headers: Mapping[str, str] | None = None,
-        extra_body: Mapping[str, object] | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-        **params: Unpack[CompletionParams],
-    ) -> CompletionResponse | AsyncStream[CompletionStreamResponse]: ...
-
-    async def create(
-        self,
-        *,
-        model: str,
-        prompt: PromptInput | None = None,
-        prompt_embeds: object | None = None,
-        stream: bool = False,
-        extra_headers: Mapping[str, str] | None = None,
-        extra_body: Mapping[str, object] | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-        **params: Unpack[CompletionParams],
-    ) -> CompletionResponse | AsyncStream[CompletionStreamResponse]:
-        """Create a completion; the arguments are :meth:`Completions.create`'s."""
-        options = completion_request(
-            model=model,
-            prompt=prompt,
-            prompt_embeds=prompt_embeds,
-            stream=stream,
-            embeds_format=self._client.embeds_format,
-            params=params,
-            extra_headers=extra_headers,
-            extra_body=extra_body,
-            timeout=timeout,
-        )
-        if stream:
-            return await self._client.request_stream(options, CompletionStreamResponse)
-        return await self._client.request(options, CompletionResponse)
+    create = coroutine_method(BaseCompletions.create)

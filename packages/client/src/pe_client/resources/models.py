@@ -2,49 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine, Mapping
+from typing import Any, TypeVar
 
-from pe_client._base import NOT_GIVEN, NotGiven, RequestOptions, TimeoutTypes
+from typing_extensions import Never
+
+from pe_client._base import NOT_GIVEN, NotGiven, TimeoutTypes
+from pe_client.params import RequestExtras
+from pe_client.resources._resource import APIResource, Endpoint, coroutine_method
 from pe_common.protocol import ModelList
 
-if TYPE_CHECKING:
-    from pe_client.client import AsyncPEClient, PEClient
+MODELS = Endpoint("GET", "models", ModelList)
+
+ModelListT = TypeVar("ModelListT")
 
 
-def _list_request(
-    extra_headers: Mapping[str, str] | None, timeout: TimeoutTypes | NotGiven
-) -> RequestOptions:
-    return RequestOptions(method="GET", path="models", extra_headers=extra_headers, timeout=timeout)
-
-
-class Models:
-    """``client.models``."""
-
-    def __init__(self, client: PEClient) -> None:
-        self._client = client
+class BaseModels(APIResource[ModelListT, Never]):
+    """``client.models`` for either client, generic in what ``list`` returns."""
 
     def list(
         self,
         *,
         extra_headers: Mapping[str, str] | None = None,
         timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-    ) -> ModelList:
+    ) -> ModelListT:
         """``GET /models``: the served models (``.data`` holds one card each)."""
-        return self._client.request(_list_request(extra_headers, timeout), ModelList)
+        return self._call(MODELS, RequestExtras(extra_headers=extra_headers, timeout=timeout))
 
 
-class AsyncModels:
+class Models(BaseModels[ModelList]):
+    """``client.models``."""
+
+
+class AsyncModels(BaseModels[Coroutine[Any, Any, ModelList]]):
     """``client.models`` of :class:`~pe_client.AsyncPEClient`."""
 
-    def __init__(self, client: AsyncPEClient) -> None:
-        self._client = client
-
-    async def list(
-        self,
-        *,
-        extra_headers: Mapping[str, str] | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-    ) -> ModelList:
-        """``GET /models``: the served models (``.data`` holds one card each)."""
-        return await self._client.request(_list_request(extra_headers, timeout), ModelList)
+    list = coroutine_method(BaseModels.list)
