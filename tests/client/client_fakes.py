@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -122,33 +123,30 @@ class FakeServer:
         self._thread.join(10)
 
 
+def _payload(
+    id_: str, object_: str, choice: Mapping[str, object], *, model: str = "m", usage: int = 0
+) -> dict[str, object]:
+    """A response or chunk with one choice; ``usage`` > 0 adds usage with that many tokens out."""
+    payload: dict[str, object] = {"id": id_, "object": object_, "created": 1, "model": model}
+    payload["choices"] = [{"index": 0, **choice}]
+    if usage:
+        payload["usage"] = {
+            "prompt_tokens": 3,
+            "completion_tokens": usage,
+            "total_tokens": 3 + usage,
+        }
+    return payload
+
+
 def completion_json(text: str = "Hello", model: str = "m") -> dict[str, object]:
-    return {
-        "id": "cmpl-1",
-        "object": "text_completion",
-        "created": 1,
-        "model": model,
-        "choices": [{"index": 0, "text": text, "finish_reason": "length", "logprobs": None}],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
-    }
+    choice = {"text": text, "finish_reason": "length", "logprobs": None}
+    return _payload("cmpl-1", "text_completion", choice, model=model, usage=1)
 
 
 def chat_json(text: str = "Hi there") -> dict[str, object]:
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "m",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop",
-                "logprobs": None,
-            }
-        ],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
-    }
+    message = {"role": "assistant", "content": text}
+    choice = {"message": message, "finish_reason": "stop", "logprobs": None}
+    return _payload("chatcmpl-1", "chat.completion", choice, usage=2)
 
 
 def sse(*payloads: object, done: bool = True) -> list[bytes]:
@@ -160,27 +158,11 @@ def sse(*payloads: object, done: bool = True) -> list[bytes]:
 
 
 def completion_chunk(text: str, finish_reason: str | None = None) -> dict[str, object]:
-    return {
-        "id": "cmpl-1",
-        "object": "text_completion",
-        "created": 1,
-        "model": "m",
-        "choices": [{"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}],
-    }
+    choice = {"text": text, "finish_reason": finish_reason, "logprobs": None}
+    return _payload("cmpl-1", "text_completion", choice)
 
 
 def chat_chunk(content: str, finish_reason: str | None = None) -> dict[str, object]:
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "m",
-        "choices": [
-            {
-                "index": 0,
-                "delta": {"role": "assistant", "content": content},
-                "finish_reason": finish_reason,
-                "logprobs": None,
-            }
-        ],
-    }
+    delta = {"role": "assistant", "content": content}
+    choice = {"delta": delta, "finish_reason": finish_reason, "logprobs": None}
+    return _payload("chatcmpl-1", "chat.completion.chunk", choice)
