@@ -7,58 +7,25 @@ from typing import Any, Literal
 import msgspec
 
 from pe_common.protocol.chat_message import ChatMessage, ChatMessageBody, ToolCall
-from pe_common.protocol.common import (
-    RequestStruct,
-    ResponseStruct,
-    StreamOptions,
-    Usage,
-    unix_time,
-)
+from pe_common.protocol.common import GenerateFields, ResponseStruct, Usage, unix_time
 from pe_common.protocol.logprobs import ChatCompletionLogprobs, PromptLogprobs
 
 
-class _ChatFields(RequestStruct, kw_only=True):
+class _ChatFields(GenerateFields, kw_only=True):
     """Every chat field whose wire type is also its decoded type."""
 
-    model: str | None = None
-    frequency_penalty: float = 0.0
-    logit_bias: dict[int, float] | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
-    n: int = 1
-    presence_penalty: float = 0.0
-    response_format: dict[str, Any] | None = None
-    seed: int | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    user: str | None = None
     # accepted so that tool-aware clients can talk to pe; tool calling itself is refused
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    # vLLM extras, vLLM's names; None means the server's / model's default
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    min_tokens: int = 0
-    ignore_eos: bool = False
-    stop_token_ids: list[int] | None = None
-    skip_special_tokens: bool = True
-    include_stop_str_in_output: bool = False
-    return_token_ids: bool = False
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
-    echo: bool = False
-    prompt_logprobs: int | None = None
     add_special_tokens: bool = False
-    truncate_prompt_tokens: int | None = None
-    # vLLM's prefix-cache salt; with API keys the server also salts by key
-    cache_salt: str | None = None
 
     @property
     def effective_max_tokens(self) -> int | None:

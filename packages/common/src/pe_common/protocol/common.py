@@ -74,6 +74,41 @@ class StreamOptions(RequestStruct, kw_only=True):
     continuous_usage_stats: bool | None = False
 
 
+class GenerateFields(RequestStruct, kw_only=True):
+    """The fields completions and chat share (OpenAI's, then vLLM's extras, vLLM's names).
+
+    Each endpoint adds its own (``max_tokens``'s default, ``logprobs``' type, ...).
+    """
+
+    model: str | None = None
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None
+    n: int = 1
+    presence_penalty: float = 0.0
+    response_format: dict[str, Any] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    user: str | None = None
+    echo: bool = False
+    # vLLM extras; None means the server's / model's default
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    stop_token_ids: list[int] | None = None
+    skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    return_token_ids: bool = False
+    prompt_logprobs: int | None = None
+    truncate_prompt_tokens: int | None = None
+    # vLLM's prefix-cache salt; with API keys the server also salts by key
+    cache_salt: str | None = None
+
+
 class PromptTokensDetails(ResponseStruct, kw_only=True):
     cached_tokens: int = 0
 

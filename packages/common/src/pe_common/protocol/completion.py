@@ -9,50 +9,22 @@ import msgspec
 from pe_common.protocol.common import (
     EMBEDS_ITEM_JSON_SCHEMA,
     EmbedsPayload,
-    RequestStruct,
+    GenerateFields,
     ResponseStruct,
-    StreamOptions,
     Usage,
     unix_time,
 )
 from pe_common.protocol.logprobs import CompletionLogprobs, PromptLogprobs
 
 
-class _CompletionFields(RequestStruct, kw_only=True):
+class _CompletionFields(GenerateFields, kw_only=True):
     """Every completions field whose wire type is also its decoded type."""
 
-    model: str | None = None
     best_of: int | None = None
-    echo: bool = False
-    frequency_penalty: float = 0.0
-    logit_bias: dict[int, float] | None = None
     logprobs: int | None = None
     max_tokens: int | None = 16
-    n: int = 1
-    presence_penalty: float = 0.0
-    response_format: dict[str, Any] | None = None
-    seed: int | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
     suffix: str | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    user: str | None = None
-    # vLLM extras, vLLM's names; None means the server's / model's default
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    min_tokens: int = 0
-    ignore_eos: bool = False
-    stop_token_ids: list[int] | None = None
-    skip_special_tokens: bool = True
-    include_stop_str_in_output: bool = False
-    return_token_ids: bool = False
-    prompt_logprobs: int | None = None
     add_special_tokens: bool = True
-    truncate_prompt_tokens: int | None = None
-    # vLLM's prefix-cache salt; with API keys the server also salts by key
-    cache_salt: str | None = None
 
 
 class CompletionRequest(_CompletionFields, kw_only=True):
