@@ -7,7 +7,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:
     import torch
@@ -28,13 +28,13 @@ _DTYPE_ALIASES = {
 DEFAULT_CPU_KV_CACHE_MEMORY = 1 << 30
 
 
-class EngineConfig(BaseModel):
-    """Engine settings. ``dtype="auto"`` is the model's config.json dtype (float32 if absent);
-    ``device="auto"`` is CUDA when available, else CPU."""
+class EngineSettings(BaseModel):
+    """The engine settings a server exposes too (pe-server's ServerConfig extends this class,
+    so each setting, its default and its bounds are written once). ``dtype`` takes vLLM's
+    spellings ("half", "float", ...)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
 
-    model: str
     tokenizer: str | None = None
     dtype: DType = "auto"
     device: Device = "auto"
@@ -52,6 +52,24 @@ class EngineConfig(BaseModel):
     max_embeds_bytes: int = Field(256 * 2**20, ge=1)
     seed: int = 0
     enforce_eager: bool = False  # CUDA: no decode CUDA graphs
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype_alias(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "auto":
+            return _DTYPE_ALIASES.get(value.removeprefix("torch."), value)
+        return value
+
+    def engine_settings(self) -> dict[str, Any]:
+        """These settings as keyword arguments (for EngineConfig)."""
+        return {name: getattr(self, name) for name in EngineSettings.model_fields}
+
+
+class EngineConfig(EngineSettings):
+    """Engine settings. ``dtype="auto"`` is the model's config.json dtype (float32 if absent);
+    ``device="auto"`` is CUDA when available, else CPU."""
+
+    model: str
     # "auto": Triton kernels on CUDA; on CPU "cpu" (the C paged-decode kernel, float32, built
     # at first use with the system compiler) when it builds, else "torch" (the reference).
     # "triton" on CPU needs TRITON_INTERPRET=1: the kernel tests use it.

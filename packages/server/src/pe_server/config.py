@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from pe_engine.config import EngineSettings
 from pe_server.vllm_flags import check_engine_args
 
 MiB = 2**20
@@ -34,10 +35,6 @@ MAX_BODY_BYTES_CAP = 2 * GiB
 BYTES_IN_FLIGHT_FACTOR = 5
 
 Backend = Literal["native", "transformers", "vllm", "vllm-remote"]
-DType = Literal["auto", "float32", "bfloat16", "float16"]
-# vLLM's --dtype spellings for the same types.
-DTYPE_ALIASES = {"half": "float16", "float": "float32"}
-Device = Literal["auto", "cpu", "cuda"]
 UvicornLogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
 
@@ -70,7 +67,7 @@ def load_chat_template(value: str) -> str:
     return codecs.decode(value, "unicode_escape") if "\\" in value else value
 
 
-class ServerConfig(BaseModel):
+class ServerConfig(EngineSettings):
     """pe-server settings (frozen). Sizes are bytes, durations seconds."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -82,7 +79,6 @@ class ServerConfig(BaseModel):
     insecure: bool = False
     served_model_name: tuple[str, ...] = ()
     backend: Backend = "native"
-    enable_prompt_embeds: bool = False
     # Chat templates (vLLM's flags). --chat-template: a file, or the template itself.
     chat_template: str | None = None
     chat_template_content_format: Literal["auto", "string", "openai"] = "auto"
@@ -97,23 +93,8 @@ class ServerConfig(BaseModel):
     # --backend vllm-remote: the vLLM server (``vllm serve --enable-prompt-embeds``) to forward to.
     upstream: str | None = None
     upstream_api_key: SecretStr | None = None
-    # Engine settings (passed to EngineConfig).
-    tokenizer: str | None = None
-    dtype: DType = "auto"
-    device: Device = "auto"
-    max_model_len: int | None = Field(None, ge=1)
-    max_num_seqs: int = Field(64, ge=1)
-    max_num_batched_tokens: int = Field(2048, ge=1)
-    block_size: int = Field(16, ge=1)
-    kv_cache_memory: int | None = Field(None, ge=1)
-    # CUDA (vLLM's flags): the device share the engine may fill, and no decode CUDA graphs.
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    enforce_eager: bool = False
-    num_kv_blocks: int | None = Field(None, ge=1)
-    enable_prefix_caching: bool = True
-    seed: int = 0
-    # Request limits.
-    max_embeds_bytes: int = Field(256 * MiB, ge=1)
+    # The engine settings (tokenizer, dtype, device, sizes, enable_prompt_embeds, seed, ...)
+    # come from pe_engine's EngineSettings. Request limits:
     max_concurrent_requests: int = Field(128, ge=1)
     # Concurrent requests one API key (or, without keys, one client address) may hold; None: no
     # quota. Beyond it: 429 with Retry-After.
@@ -176,11 +157,6 @@ class ServerConfig(BaseModel):
     @classmethod
     def _load_chat_template(cls, value: str | None) -> str | None:
         return None if value is None else load_chat_template(value)
-
-    @field_validator("dtype", mode="before")
-    @classmethod
-    def _dtype_alias(cls, value: Any) -> Any:
-        return DTYPE_ALIASES.get(value, value) if isinstance(value, str) else value
 
     @field_validator("vllm_args", mode="before")
     @classmethod

@@ -57,24 +57,7 @@ class NativeBackend:
         from pe_engine.demo_model import resolve_model
 
         c = self._config
-        return EngineConfig(
-            model=str(resolve_model(c.model)),
-            tokenizer=c.tokenizer,
-            dtype=c.dtype,
-            device=c.device,
-            max_model_len=c.max_model_len,
-            max_num_seqs=c.max_num_seqs,
-            max_num_batched_tokens=c.max_num_batched_tokens,
-            block_size=c.block_size,
-            num_kv_blocks=c.num_kv_blocks,
-            kv_cache_memory=c.kv_cache_memory,
-            gpu_memory_utilization=c.gpu_memory_utilization,
-            enforce_eager=c.enforce_eager,
-            enable_prompt_embeds=c.enable_prompt_embeds,
-            enable_prefix_caching=c.enable_prefix_caching,
-            max_embeds_bytes=c.max_embeds_bytes,
-            seed=c.seed,
-        )
+        return EngineConfig(model=str(resolve_model(c.model)), **c.engine_settings())
 
     async def start(self) -> None:
         from pe_engine.async_engine import AsyncEngine
