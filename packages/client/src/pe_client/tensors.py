@@ -21,6 +21,7 @@ import numpy as np
 import pybase64
 
 from pe_client.errors import MissingDependencyError
+from pe_common.codec.limits import ITEMSIZE, SUPPORTED_DTYPES
 
 EmbedsFormat = Literal["safetensors", "torch", "raw"]
 EMBEDS_FORMATS: tuple[EmbedsFormat, ...] = ("safetensors", "torch", "raw")
@@ -28,7 +29,7 @@ EMBEDS_FORMATS: tuple[EmbedsFormat, ...] = ("safetensors", "torch", "raw")
 # What encode_embeds returns: base64 text, file bytes (binary transport) or a raw spec dict.
 EncodedEmbeds = Union[str, bytes, dict[str, Any]]
 
-_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
+_ITEMSIZE = {dtype: ITEMSIZE[dtype] for dtype in SUPPORTED_DTYPES}
 
 
 @dataclass(frozen=True)

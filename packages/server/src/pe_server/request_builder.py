@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pe_common.codec import EmbedsLimits, decode_prompt_embeds
+from pe_common.codec.limits import ITEMSIZE, SUPPORTED_DTYPES
 from pe_common.codec.tensor_view import MAX_DIM
 from pe_common.errors import PEValidationError
 from pe_common.protocol import encode_json
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from pe_engine.prompt import Prompt
 
 T = TypeVar("T")
-ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 EMBEDS_PARAM = "prompt_embeds"
 # A request's own chat template (on a trusting server) and its template kwargs stay small.
 MAX_REQUEST_TEMPLATE_CHARS = 256 * 1024
@@ -71,7 +71,7 @@ def payload_bytes(payload: Any) -> int:
     if isinstance(payload, (bytes, bytearray, memoryview)):
         return len(payload)
     shape, dtype = declared_shape(payload), declared_field(payload, "dtype")
-    if shape is None or not isinstance(dtype, str) or dtype not in ITEMSIZE:
+    if shape is None or not isinstance(dtype, str) or dtype not in SUPPORTED_DTYPES:
         return 0  # the codec rejects it with the precise reason
     total = ITEMSIZE[dtype]
     for dim in shape:
