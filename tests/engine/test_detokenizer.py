@@ -21,13 +21,20 @@ def tokenizer(smollm2_tokenizer_dir: Path) -> Any:
 
 
 def feed(detok: IncrementalDetokenizer, ids: list[int]) -> tuple[list[str], str | None]:
-    texts = []
+    """The text shown after each token (every piece taken so far), and the stop string."""
+    texts, shown = [], ""
     for token_id in ids:
         stop = detok.update(token_id)
-        texts.append(detok.get_text(finished=stop is not None))
+        shown += detok.take_text(finished=stop is not None)
+        texts.append(shown)
         if stop is not None:
             return texts, stop
     return texts, None
+
+
+def final_text(detok: IncrementalDetokenizer, texts: list[str]) -> str:
+    """What the sequence ends with: the text shown, then whatever was held back."""
+    return (texts[-1] if texts else "") + detok.take_text(finished=True)
 
 
 def test_incremental_text_equals_decode_and_never_splits_a_character(tokenizer: Any) -> None:
@@ -64,8 +71,8 @@ def test_stop_string(tokenizer: Any, include: bool) -> None:
 def test_stop_string_spanning_tokens_and_min_tokens(tokenizer: Any) -> None:
     ids = tokenizer.encode("abc abc abc", add_special_tokens=False)
     detok = IncrementalDetokenizer(tokenizer, [], stop=["c a"])
-    _, stop = feed(detok, ids)
-    assert stop == "c a" and detok.output_text == "ab"
+    texts, stop = feed(detok, ids)
+    assert stop == "c a" and final_text(detok, texts) == "ab"
     late = IncrementalDetokenizer(tokenizer, [], stop=["abc"], min_tokens=len(ids))
     _, stop = feed(late, ids)
     assert stop is None  # stop strings only count after min_tokens
@@ -75,12 +82,25 @@ def test_special_tokens_and_stop_tokens(tokenizer: Any) -> None:
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     ids = [*tokenizer.encode("hi", add_special_tokens=False), end]
     skipped = IncrementalDetokenizer(tokenizer, [])
-    feed(skipped, ids)
-    assert skipped.output_text == "hi"
+    assert final_text(skipped, feed(skipped, ids)[0]) == "hi"
     kept = IncrementalDetokenizer(tokenizer, [], skip_special_tokens=False)
-    feed(kept, ids)
-    assert kept.output_text == "hi<|im_end|>"
+    assert final_text(kept, feed(kept, ids)[0]) == "hi<|im_end|>"
     stop_token = IncrementalDetokenizer(tokenizer, [], skip_special_tokens=False)
-    feed(stop_token, ids[:-1])
+    texts, _ = feed(stop_token, ids[:-1])
     stop_token.update(end, is_stop_token=True)
-    assert stop_token.output_text == "hi"  # a stop token's text is left out
+    assert final_text(stop_token, texts) == "hi"  # a stop token's text is left out
+
+
+def test_held_back_text_stays_bounded_and_is_released_at_the_end(tokenizer: Any) -> None:
+    """After each token the detokenizer holds at most the stop buffer (its work does not grow
+    with the output), and a finish without a stop string releases what it held."""
+    ids = tokenizer.encode("lorem ipsum dolor sit amet " * 40, add_special_tokens=False)
+    stop = "never matches"
+    detok = IncrementalDetokenizer(tokenizer, [], stop=[stop])
+    shown = ""
+    for token_id in ids:
+        assert detok.update(token_id) is None
+        shown += detok.take_text(finished=False)
+        assert len(detok._pending) <= len(stop) - 1 and len(detok._context) <= len(stop) - 1
+    assert len(shown) == len(tokenizer.decode(ids)) - (len(stop) - 1)
+    assert shown + detok.take_text(finished=True) == tokenizer.decode(ids)

@@ -3,7 +3,6 @@ leave it usable."""
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import torch
 
 from pe_common.errors import PEValidationError
 from pe_engine import LLM, SamplingParams
+from pe_engine.outputs import OutputAccumulator, RequestOutputKind
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -73,18 +73,65 @@ def test_stop_strings(llm: LLM, free_run: Any, include: bool) -> None:
     assert out.text == (text[: cut + len(stop)] if include else text[:cut])
 
 
-def test_streamed_outputs_are_cumulative_and_final_is_marked(llm: LLM) -> None:
+def stream(llm: LLM, request_id: str, params: SamplingParams) -> list[Any]:
     engine = llm.engine
-    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
-    engine.add_request("stream", engine.prompt_builder.build(PROMPT), params)
+    engine.add_request(request_id, engine.prompt_builder.build(PROMPT), params)
     seen = []
     while engine.has_unfinished_requests():
-        seen += [o for o in engine.step() if o.request_id == "stream"]
-    assert [len(o.outputs[0].token_ids) for o in seen] == list(range(1, 9))
+        seen += [o for o in engine.step() if o.request_id == request_id]
+    return seen
+
+
+def fold(deltas: list[Any]) -> Any:
+    accumulator = OutputAccumulator()
+    for delta in deltas:
+        accumulator.add(delta)
+    return accumulator.result()
+
+
+def test_steps_emit_deltas_and_final_is_marked(llm: LLM) -> None:
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True, logprobs=2)
+    seen = stream(llm, "stream", params)
+    assert all(o.kind is RequestOutputKind.DELTA for o in seen)
+    assert [len(o.outputs[0].token_ids) for o in seen] == [1] * 8
+    assert [len(o.outputs[0].logprobs) for o in seen] == [1] * 8
     assert [o.finished for o in seen] == [False] * 7 + [True]
-    assert all(b.outputs[0].text.startswith(a.outputs[0].text) for a, b in itertools.pairwise(seen))
+    assert [o.outputs[0].finish_reason for o in seen] == [None] * 7 + ["length"]
+    (whole,) = llm.generate(PROMPT, params, use_tqdm=False)
+    assert whole.kind is RequestOutputKind.CUMULATIVE
+    total = fold(seen).outputs[0]
+    assert "".join(o.outputs[0].text for o in seen) == total.text == whole.outputs[0].text
+    assert total.token_ids == whole.outputs[0].token_ids
+    assert total.logprobs == whole.outputs[0].logprobs
+    assert seen[-1].outputs[0].cumulative_logprob == whole.outputs[0].cumulative_logprob
     metrics = seen[-1].metrics
     assert metrics.arrival_time <= metrics.first_token_time <= metrics.finished_time
+
+
+@pytest.mark.parametrize("include", [False, True])
+def test_deltas_release_held_back_text_and_never_show_a_stop_string(
+    llm: LLM, free_run: Any, include: bool
+) -> None:
+    tok = llm.get_tokenizer()
+    text = tok.decode(free_run.token_ids[:16], skip_special_tokens=True)
+    stop = text[len(text) // 2 : len(text) // 2 + 4]
+    if not stop.strip():
+        pytest.skip("greedy text of the random model has no usable stop string here")
+    params = SamplingParams(
+        temperature=0.0, max_tokens=24, ignore_eos=True, stop=[stop],
+        include_stop_str_in_output=include,
+    )  # fmt: skip
+    seen = stream(llm, f"stop-{include}", params)
+    shown = "".join(o.outputs[0].text for o in seen)
+    assert shown == run(llm, stop=[stop], include_stop_str_in_output=include, ignore_eos=True).text
+    assert (stop in shown) is include and seen[-1].outputs[0].stop_reason == stop
+    if not include:  # while running, the stop string's first characters were held back
+        assert all(stop not in o.outputs[0].text for o in seen)
+    unstopped = stream(llm, "unstopped", SamplingParams(
+        temperature=0.0, max_tokens=12, ignore_eos=True, stop=["never in this text"]
+    ))  # fmt: skip
+    held = "".join(o.outputs[0].text for o in unstopped)
+    assert held == tok.decode(free_run.token_ids[:12], skip_special_tokens=True)
 
 
 def test_abort_frees_every_block(llm: LLM) -> None:

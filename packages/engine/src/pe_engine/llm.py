@@ -14,7 +14,7 @@ from pe_engine.config import EngineConfig
 from pe_engine.inputs.chat import ChatPromptBuilder
 from pe_engine.inputs.prompt_builder import embeds_disabled_error
 from pe_engine.llm_engine import LLMEngine
-from pe_engine.outputs import RequestOutput
+from pe_engine.outputs import OutputAccumulator, RequestOutput
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams
 
@@ -143,12 +143,15 @@ class LLM:
     def _run_engine(self, num_requests: int, use_tqdm: bool) -> dict[str, RequestOutput]:
         from tqdm.auto import tqdm
 
+        totals: dict[str, OutputAccumulator] = {}
         finals: dict[str, RequestOutput] = {}
         with tqdm(total=num_requests, desc="Processed prompts", disable=not use_tqdm) as bar:
             while self.engine.has_unfinished_requests():
-                for output in self.engine.step():
-                    if output.finished:
-                        finals[output.request_id] = output
+                for delta in self.engine.step():
+                    total = totals.setdefault(delta.request_id, OutputAccumulator())
+                    total.add(delta)
+                    if delta.finished:
+                        finals[delta.request_id] = totals.pop(delta.request_id).result()
                         bar.update(1)
         return finals
 

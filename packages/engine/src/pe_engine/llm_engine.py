@@ -1,22 +1,21 @@
-"""The synchronous engine: requests in, one ``step()`` at a time, incremental outputs out."""
+"""The synchronous engine: requests in, one ``step()`` at a time, per-step deltas out."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from pe_common.errors import InvalidRequestError
 from pe_engine.config import EngineConfig
 from pe_engine.core.block_manager import BlockManager
-from pe_engine.core.detokenizer import decode_token
+from pe_engine.core.output_processor import OutputProcessor, RequestState
 from pe_engine.core.scheduler import Scheduler
 from pe_engine.core.sequence import Sequence, SequenceStatus
 from pe_engine.inputs.prompt_builder import PromptBuilder
 from pe_engine.model.eos import eos_token_ids
 from pe_engine.model.runner import ModelRunner, SampleResult, StepOutput, check_model_dir
-from pe_engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from pe_engine.outputs import RequestOutput
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams
 
@@ -39,18 +38,6 @@ class EngineStepError(RuntimeError):
         super().__init__(f"engine step failed for {len(request_ids)} request(s): {cause!r}")
         self.request_ids = request_ids
         self.cause = cause
-
-
-@dataclass
-class _Request:
-    request_id: str
-    prompt: Prompt
-    params: SamplingParams
-    seqs: list[Sequence]
-    metrics: RequestMetrics
-    logprobs: list[list[dict[int, Logprob]]] = field(default_factory=list)
-    cumulative_logprobs: list[float] = field(default_factory=list)
-    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
 
 
 class LLMEngine:
@@ -86,7 +73,8 @@ class LLMEngine:
             max_model_len=self.max_model_len,
             enable_prompt_embeds=config.enable_prompt_embeds,
         )
-        self._requests: dict[str, _Request] = {}
+        self.output_processor = OutputProcessor(self.scheduler, self.tokenizer)
+        self._requests: dict[str, RequestState] = {}
         self._fault_injector: FaultInjector | None = None
         self.num_steps = 0
         self.num_scheduled_tokens = 0  # prompt, recompute and decode positions computed
@@ -156,15 +144,8 @@ class LLMEngine:
             Sequence.from_prompt(request_id, prompt, params, branch=i)
             for i in range(params.num_candidates)
         ]
-        self._requests[request_id] = _Request(
-            request_id=request_id,
-            prompt=prompt,
-            params=params,
-            seqs=seqs,
-            metrics=RequestMetrics(arrival_time=arrival_time or time.time()),
-            logprobs=[[] for _ in seqs],
-            cumulative_logprobs=[0.0 for _ in seqs],
-            prompt_logprobs=None if params.prompt_logprobs is None else [None] * prompt.num_tokens,
+        self._requests[request_id] = RequestState.create(
+            request_id, prompt, params, seqs, arrival_time or time.time()
         )
         self.scheduler.add_seqs(seqs)
 
@@ -179,14 +160,15 @@ class LLMEngine:
             )
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
-        """Stop a request now and free its blocks; returns its final output (``abort``)."""
+        """Stop a request now and free its blocks; returns its final delta (``abort``)."""
         request = self._requests.get(request_id)
         if request is None:
             return None
-        for seq in request.seqs:
+        seqs = request.seqs
+        for seq in seqs:
             if not seq.is_finished:
                 self.scheduler.finish(seq, SequenceStatus.FINISHED_ABORTED)
-        self.scheduler.pop_finished(request.seqs)
+        self.scheduler.pop_finished(seqs)
         return self._make_output(request)
 
     def has_unfinished_requests(self) -> bool:
@@ -199,7 +181,8 @@ class LLMEngine:
     # ---- the step ---------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        """schedule -> run -> postprocess; returns the outputs of requests that progressed."""
+        """schedule -> run -> postprocess; returns the deltas of requests that progressed
+        (``RequestOutputKind.DELTA``: only this step's new ids, text and logprobs)."""
         self.num_steps += 1
         if self._fault_injector is not None:
             self.may_inject_fault("schedule")
@@ -228,102 +211,35 @@ class LLMEngine:
         self, scheduled: list[tuple[Sequence, int]], results: list[SampleResult | None]
     ) -> list[RequestOutput]:
         now = time.time()
-        touched: dict[str, _Request] = {}
+        touched: dict[str, RequestState] = {}
         for (seq, num_new), result in zip(scheduled, results, strict=True):
             request = self._requests[seq.request_id]
             if request.metrics.first_scheduled_time is None:
                 request.metrics.first_scheduled_time = now
             self.num_scheduled_tokens += num_new
             if result is not None:
-                self._record_sample(request, seq, result, now)
+                self.num_generation_tokens += 1
+                self.output_processor.record_sample(request, seq, result, now)
                 touched[request.request_id] = request
         for seq in self.scheduler.pop_finished():
             touched[seq.request_id] = self._requests[seq.request_id]
-        return [self._make_output(request) for request in touched.values()]
+        outputs = (self._make_output(request) for request in touched.values())
+        return [output for output in outputs if output is not None]
 
     def _record_prompt_logprobs(
         self, scheduled: list[tuple[Sequence, int]], step: StepOutput
     ) -> None:
-        """Keyed by position, so a recomputed prompt (preemption) overwrites, never appends."""
         for entry, position, result in step.prompt_logprobs:
             request = self._requests[scheduled[entry][0].request_id]
-            assert request.prompt_logprobs is not None
-            request.prompt_logprobs[position] = self._logprobs_entry(result)
+            self.output_processor.record_prompt_logprobs(request, position, result)
 
-    def _record_sample(
-        self, request: _Request, seq: Sequence, result: SampleResult, now: float
-    ) -> None:
-        self.num_generation_tokens += 1
-        metrics = request.metrics
-        if metrics.first_token_time is None:
-            metrics.first_token_time = now
-        metrics.last_token_time = now
-        branch = [s.seq_id for s in request.seqs].index(seq.seq_id)
-        if result.logprob is not None:
-            request.cumulative_logprobs[branch] += result.logprob
-        if request.params.logprobs is not None:
-            request.logprobs[branch].append(self._logprobs_entry(result))
-
-    def _logprobs_entry(self, result: SampleResult) -> dict[int, Logprob]:
-        assert result.logprob is not None, "logprobs requested but not computed"
-        top = result.top_logprobs or []
-        rank = getattr(result, "rank", None)
-        if rank is None:
-            rank = next((i + 1 for i, (t, _) in enumerate(top) if t == result.token_id), None)
-        entry = {result.token_id: self._logprob(result.token_id, result.logprob, rank)}
-        for i, (token_id, logprob) in enumerate(top):
-            entry.setdefault(token_id, self._logprob(token_id, logprob, i + 1))
-        return entry
-
-    def _logprob(self, token_id: int, logprob: float, rank: int | None) -> Logprob:
-        return Logprob(logprob, rank, decode_token(self.tokenizer, token_id))
-
-    def _make_output(self, request: _Request) -> RequestOutput:
-        finished = all(seq.is_finished for seq in request.seqs)
-        branches = self._branches_to_report(request)
-        outputs = [self._completion(request, b, index=i) for i, b in enumerate(branches)]
-        prompt = request.prompt
-        if finished:
-            request.metrics.finished_time = time.time()
+    def _make_output(self, request: RequestState) -> RequestOutput | None:
+        output = self.output_processor.make_output(request)
+        if output is not None and output.finished:
             self._release(request)
-        return RequestOutput(
-            request_id=request.request_id,
-            prompt=prompt.text,
-            prompt_token_ids=None if prompt.is_pure_embeds else list(prompt.token_ids),
-            outputs=outputs,
-            finished=finished,
-            metrics=request.metrics,
-            num_prompt_tokens=prompt.num_tokens,
-            num_cached_tokens=request.seqs[0].num_cached_tokens,
-            prompt_logprobs=None
-            if request.prompt_logprobs is None
-            else list(request.prompt_logprobs),
-        )
+        return output
 
-    def _branches_to_report(self, request: _Request) -> list[int]:
-        """The first n branches; with ``best_of > n``, once all finished, the n with the highest
-        cumulative logprob, best first (as vLLM)."""
-        n = request.params.n
-        if len(request.seqs) == n or not all(seq.is_finished for seq in request.seqs):
-            return list(range(n))
-        ranked = sorted(range(len(request.seqs)), key=lambda i: -request.cumulative_logprobs[i])
-        return ranked[:n]
-
-    def _completion(self, request: _Request, branch: int, *, index: int) -> CompletionOutput:
-        seq = request.seqs[branch]
-        detokenizer = self.scheduler.detokenizers[seq.seq_id]
-        wants_logprobs = request.params.logprobs is not None
-        return CompletionOutput(
-            index=index,
-            text=detokenizer.get_text(seq.is_finished),
-            token_ids=list(seq.output_token_ids),
-            cumulative_logprob=request.cumulative_logprobs[branch] if wants_logprobs else None,
-            logprobs=list(request.logprobs[branch]) if wants_logprobs else None,
-            finish_reason=self.scheduler.finish_reason(seq),
-            stop_reason=self.scheduler.stop_reasons.get(seq.seq_id),
-        )
-
-    def _release(self, request: _Request) -> None:
+    def _release(self, request: RequestState) -> None:
         for seq in request.seqs:
             self.scheduler.forget(seq)
         del self._requests[request.request_id]

@@ -33,12 +33,18 @@ class IncrementalDetokenizer:
         self.tokens = self._to_tokens(context_ids[-(INITIAL_OFFSET + 2) :])
         self.read_offset = len(self.tokens)
         self.prefix_offset = max(self.read_offset - INITIAL_OFFSET, 0)
-        self.output_text = ""
         self.num_output_tokens = 0
+        max_stop_len = max((len(s) for s in self.stop), default=0)
         # Held back while streaming so a partial stop string is never shown.
         self.stop_buffer_length = 0
         if self.stop and not include_stop_str_in_output:
-            self.stop_buffer_length = max(len(s) for s in self.stop) - 1
+            self.stop_buffer_length = max_stop_len - 1
+        # Text decoded but not taken yet (the new text, plus at most the stop buffer), and the
+        # last taken characters a stop string may begin in: both bounded, so a step costs the
+        # same however long the output already is.
+        self._pending = ""
+        self._context = ""
+        self._context_length = max(max_stop_len - 1, 0)
 
     def update(self, token_id: int, is_stop_token: bool = False) -> str | None:
         """Add one sampled token; return the stop string it completed, if any.
@@ -50,16 +56,19 @@ class IncrementalDetokenizer:
         if is_stop_token and not self.include_stop_str_in_output:
             return None
         new_text = self._decode_next(token_id)
-        self.output_text += new_text
+        self._pending += new_text
         if not new_text or not self.stop or self.num_output_tokens <= self.min_tokens:
             return None
         return self._check_stop_strings(len(new_text))
 
-    def get_text(self, finished: bool) -> str:
-        """The text to report: all of it once finished, else minus the stop-string buffer."""
-        if finished or not self.stop_buffer_length:
-            return self.output_text
-        return self.output_text[: max(len(self.output_text) - self.stop_buffer_length, 0)]
+    def take_text(self, finished: bool) -> str:
+        """The text not taken yet: all of it once finished, else minus the stop-string buffer."""
+        keep = 0 if finished else self.stop_buffer_length
+        cut = max(len(self._pending) - keep, 0)
+        text, self._pending = self._pending[:cut], self._pending[cut:]
+        if text and self._context_length:
+            self._context = (self._context + text)[-self._context_length :]
+        return text
 
     def _to_tokens(self, token_ids: list[int]) -> list[str]:
         if self.tokenizer is None:  # token-only use (tests, tokenizer-less engines)
@@ -85,7 +94,7 @@ class IncrementalDetokenizer:
         return new_text[len(prefix_text) :]
 
     def _check_stop_strings(self, num_new_chars: int) -> str | None:
-        text = self.output_text
+        text = self._context + self._pending
         for stop_str in self.stop:
             # Search only where a match could end inside the new characters.
             start = max(len(text) - num_new_chars - len(stop_str) + 1, 0)
@@ -94,7 +103,9 @@ class IncrementalDetokenizer:
                 continue
             if self.include_stop_str_in_output:
                 index += len(stop_str)
-            self.output_text = text[:index]
+            # Taken text never holds a stop string's start: the buffer kept it back.
+            assert index >= len(self._context)
+            self._pending = text[len(self._context) : index]
             return stop_str
         return None
 
