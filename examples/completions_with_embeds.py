@@ -10,25 +10,16 @@ projector or embedding table, shaped (num_tokens, hidden_size).
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
+from _setup import model_and_hidden_size, random_embeds
 
 from pe_client import PEClient
-
-
-def model_and_hidden_size(client: PEClient) -> tuple[str, int]:
-    card = client.models.list().data[0]
-    model = os.environ.get("PE_MODEL") or card.id
-    hidden = os.environ.get("PE_HIDDEN_SIZE") or getattr(card, "hidden_size", None) or 576
-    return model, int(hidden)
 
 
 def main() -> None:
     with PEClient() as client:
         model, hidden = model_and_hidden_size(client)
-        rng = np.random.default_rng(0)
-        embeds = (rng.standard_normal((8, hidden)) * 0.05).astype(np.float32)
+        embeds = random_embeds(8, hidden, seed=0)
 
         # 1. One prompt made only of embeddings.
         reply = client.completions.create(

@@ -8,26 +8,16 @@ Environment: PE_BASE_URL, PE_MODEL, PE_HIDDEN_SIZE (see completions_with_embeds.
 
 from __future__ import annotations
 
-import os
-
-import numpy as np
+from _setup import model_and_hidden_size, random_embeds
 
 from pe_client import PEClient
 from pe_client.messages import system, user
 
 
-def model_and_hidden_size(client: PEClient) -> tuple[str, int]:
-    card = client.models.list().data[0]
-    model = os.environ.get("PE_MODEL") or card.id
-    hidden = os.environ.get("PE_HIDDEN_SIZE") or getattr(card, "hidden_size", None) or 576
-    return model, int(hidden)
-
-
 def main() -> None:
     with PEClient() as client:
         model, hidden = model_and_hidden_size(client)
-        rng = np.random.default_rng(1)
-        doc_embeds = (rng.standard_normal((12, hidden)) * 0.05).astype(np.float32)
+        doc_embeds = random_embeds(12, hidden, seed=1)
         messages = [
             system("You answer in one short sentence."),
             user("Read this document:", doc_embeds, "Which city is it about?"),

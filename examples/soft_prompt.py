@@ -11,26 +11,18 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
+from _setup import model_and_hidden_size, random_embeds
 
 from pe_client import PEClient
 from pe_client.messages import prompt_embeds_part, text_part, user
 from pe_client.tensors import load_embeds_file
 
 
-def model_and_hidden_size(client: PEClient) -> tuple[str, int]:
-    card = client.models.list().data[0]
-    model = os.environ.get("PE_MODEL") or card.id
-    hidden = os.environ.get("PE_HIDDEN_SIZE") or getattr(card, "hidden_size", None) or 576
-    return model, int(hidden)
-
-
 def load_soft_prompt(hidden: int) -> object:
     path = os.environ.get("PE_SOFT_PROMPT")
     if path:
         return load_embeds_file(path)
-    rng = np.random.default_rng(2)
-    return (rng.standard_normal((20, hidden)) * 0.05).astype(np.float32)  # 20 virtual tokens
+    return random_embeds(20, hidden, seed=2)  # 20 virtual tokens
 
 
 def main() -> None:

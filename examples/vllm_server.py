@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 import torch
+from _setup import model_and_hidden_size
 
 from pe_client import PEClient
 from pe_client.messages import user
@@ -21,9 +22,7 @@ from pe_client.messages import user
 def main() -> None:
     base_url = os.environ.get("VLLM_BASE_URL") or os.environ.get("PE_BASE_URL")
     with PEClient(base_url=base_url, embeds_format="torch") as client:
-        card = client.models.list().data[0]
-        model = os.environ.get("PE_MODEL") or card.id
-        hidden = int(os.environ.get("PE_HIDDEN_SIZE") or getattr(card, "hidden_size", None) or 576)
+        model, hidden = model_and_hidden_size(client)
         generator = torch.Generator().manual_seed(4)
         embeds = torch.randn(10, hidden, generator=generator) * 0.05
 
