@@ -122,12 +122,29 @@ class RunnerDriver:
         """Run one batch and apply it to the sequences (computed count, sampled token)."""
         for seq, num_new in scheduled:
             self.allocate(seq, num_new)
-        results = self.runner.execute(scheduled)
+        results = self.runner.run(scheduled).samples
         for (seq, num_new), result in zip(scheduled, results, strict=True):
             seq.num_computed_tokens += num_new
             if result is not None:
                 seq.append_token(result.token_id)
         return results
+
+    def logits(self, seq: Any, num_new: int) -> Any:
+        """The float32 logits ``[num_new, vocab]`` of the next ``num_new`` positions of ``seq``
+        as the runner's step computes them (its KV written, ``seq`` left as it was): every row
+        of the hidden states its forward returned, not only the rows that sample."""
+        import torch
+
+        self.allocate(seq, num_new)
+        hidden: list[Any] = []
+        hook = self.runner.model.register_forward_hook(lambda _m, _a, out: hidden.append(out))
+        try:
+            self.runner.run([(seq, num_new)])
+        finally:
+            hook.remove()
+        (rows,) = hidden
+        with torch.inference_mode():
+            return self.runner.model.compute_logits(rows).cpu()
 
     def generate(
         self,

@@ -69,22 +69,20 @@ def tokens(samples: list[Any]) -> list[int]:
 
 
 def test_prompt_logits_match_transformers(models: tuple[ModelRunner, Any], driver: Any) -> None:
-    runner, hf = models
+    _, hf = models
     ids = random_ids(23, seed=1)
     seq = driver.new_seq(Prompt(ids))
-    driver.allocate(seq, len(ids))
-    (logits,) = runner.execute_logits([(seq, len(ids))])
+    logits = driver.logits(seq, len(ids))
     torch.testing.assert_close(logits, hf_logits(hf, ids), atol=1e-4, rtol=0)
 
 
 def test_chunked_prefill_matches_transformers(models: tuple[ModelRunner, Any], driver: Any) -> None:
-    runner, hf = models
+    _, hf = models
     ids = random_ids(29, seed=2)
     seq = driver.new_seq(Prompt(ids))
     chunks = []
     for n in (5, 11, 13):  # chunk borders fall inside blocks of 4
-        driver.allocate(seq, n)
-        chunks.extend(runner.execute_logits([(seq, n)]))
+        chunks.append(driver.logits(seq, n))
         seq.num_computed_tokens += n
     torch.testing.assert_close(torch.cat(chunks), hf_logits(hf, ids), atol=1e-4, rtol=0)
 

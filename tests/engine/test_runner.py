@@ -165,7 +165,9 @@ def test_pure_embeds_penalised_request_batched_with_long_text(
     assert [r.token_id for r in together[0]] == [r.token_id for r in solo]
 
 
-def test_bfloat16_model_agrees_with_float32_on_the_top_token(tiny_llama_dir: Path) -> None:
+def test_bfloat16_model_agrees_with_float32_on_the_top_token(
+    tiny_llama_dir: Path, runner_driver: type
+) -> None:
     from transformers import AutoModelForCausalLM
 
     config = EngineConfig(model=str(tiny_llama_dir), dtype="bfloat16", num_kv_blocks=16)
@@ -173,8 +175,7 @@ def test_bfloat16_model_agrees_with_float32_on_the_top_token(tiny_llama_dir: Pat
     assert runner.model.model.embed_tokens.weight.dtype == torch.bfloat16
     ids = [19556, 905, 28, 451, 314, 253, 1028, 30]
     seq = Sequence.from_prompt("r", Prompt(ids), SamplingParams(temperature=0.0))
-    seq.block_table = [0, 1]
-    (logits,) = runner.execute_logits([(seq, len(ids))])
+    logits = runner_driver(runner).logits(seq, len(ids))
     hf = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir), dtype=torch.float32)
     with torch.no_grad():
         reference = hf(torch.tensor([ids])).logits[0]

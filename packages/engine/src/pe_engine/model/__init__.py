@@ -1,3 +1,3 @@
-"""The model side: architectures, weight loading, the runner that batches a step's
-inputs and the sampler.
+"""The model side: architectures, weight loading, the runner with its step inputs
+(``batch``) and KV pool (``kv_cache``), and the sampler.
 """

@@ -12,10 +12,13 @@ So :class:`~pe_engine.async_engine.AsyncEngine` loads its model on a thread that
 (its team goes with it) and its engine thread calls :func:`claim_kernel_threads`: the engine
 thread keeps the configured count, and threads that start running kernels afterwards (a
 server's tensor-decoding pool, the event loop) run them on one thread, without a team.
+
+The configured count itself comes from :func:`configure_threads`, which the runner calls.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 
 import torch
@@ -33,3 +36,25 @@ def claim_kernel_threads(num_threads: int) -> None:
     helper = threading.Thread(target=torch.set_num_threads, args=(1,), name="pe-threads")
     helper.start()
     helper.join()
+
+
+def configure_threads(device: torch.device, num_threads: int | None) -> None:
+    """Set the CPU kernel threads: ``num_threads``, else OMP_NUM_THREADS, else every usable
+    core (as vLLM's CPU backend does for one rank). On a machine shared with other busy
+    processes, fewer threads than cores can be much faster: an OpenMP barrier waiting on a
+    descheduled thread costs more than the extra core gains (see benchmarks/RESULTS.md)."""
+    if device.type != "cpu":
+        return
+    if num_threads is None:
+        requested = os.environ.get("OMP_NUM_THREADS", "")
+        if requested.isdigit() and int(requested) > 0:
+            num_threads = int(requested)
+        else:
+            num_threads = _num_usable_cores()
+    torch.set_num_threads(num_threads)
+
+
+def _num_usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
