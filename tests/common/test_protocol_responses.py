@@ -262,7 +262,9 @@ def test_sdk_client_end_to_end_streams() -> None:
 
 def test_sdk_raises_bad_request_with_param_and_code() -> None:
     exc = InvalidRequestError("`n` must be between 1 and 128.", code="invalid_parameter", param="n")
-    body = encode_json(ErrorResponse.from_validation_error(exc))
+    body = encode_json(
+        ErrorResponse(error=ErrorInfo(message=exc.message, param=exc.param, code=exc.code))
+    )
 
     def handler(request: Any) -> Any:
         return http_response(400, body)

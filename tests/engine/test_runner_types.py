@@ -121,7 +121,7 @@ def test_sequence_bookkeeping_and_penalty_ids() -> None:
     assert seq.penalty_token_ids == [9, 9, 9, 9]  # placeholders excluded
     seq.append_token(4)
     seq.append_token(0)  # a generated id 0 is a real token
-    assert seq.output_token_ids == [4, 0] and seq.last_token_id == 0
+    assert seq.output_token_ids == [4, 0] and seq.token_ids[-1] == 0
     assert seq.penalty_token_ids == [9, 9, 9, 9, 4, 0]
     assert seq.num_output_tokens == 2 and not seq.is_finished
     seq.status = SequenceStatus.FINISHED_LENGTH

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pe_common.errors import PEValidationError
 from pe_common.protocol.common import ResponseStruct
 
 
@@ -15,8 +14,3 @@ class ErrorInfo(ResponseStruct, kw_only=True):
 
 class ErrorResponse(ResponseStruct, kw_only=True):
     error: ErrorInfo
-
-    @classmethod
-    def from_validation_error(cls, exc: PEValidationError) -> ErrorResponse:
-        """The 400 body for a validation error: its fixed message, param and code."""
-        return cls(error=ErrorInfo(message=exc.message, param=exc.param, code=exc.code))

@@ -98,17 +98,8 @@ class Sequence:
         return self.token_ids[self.num_prompt_tokens :]
 
     @property
-    def last_token_id(self) -> int:
-        return self.token_ids[-1]
-
-    @property
     def is_finished(self) -> bool:
         return self.status.is_finished
-
-    @property
-    def prompt_real_token_ids(self) -> list[int]:
-        """Prompt ids at token positions only (placeholders left out)."""
-        return self._prompt_real_ids
 
     @property
     def penalty_token_ids(self) -> list[int]:
