@@ -23,8 +23,6 @@ from pe_server.vllm_flags import check_engine_args
 MiB = 2**20
 GiB = 2**30
 ENV_PREFIX = "PE_"
-# Fields whose environment value is a comma-separated list.
-LIST_FIELDS = ("api_key", "served_model_name")
 # Request bodies other than the generation routes (tokenize, detokenize) stay small.
 SMALL_BODY_BYTES = 1 * MiB
 # JSON structure around the tensors of one request (messages, parameters, text prompts).

@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-# Backends that run the model in this process without vLLM.
-OWN_BACKENDS = ("native", "transformers")
 REMOTE_REFUSAL = (
     "with --backend vllm-remote the upstream vLLM server runs the model: give the flag to its "
     "`vllm serve`"
