@@ -22,8 +22,6 @@ import json
 import os
 import platform
 import random
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +34,8 @@ from typing import Any
 import aiohttp
 import msgspec
 import numpy as np
+
+from pe_server.launch import free_port, stop_process, wait_http_ready
 
 MODES = ("text", "embeds-json", "embeds-msgpack")
 SERVED_NAME = "bench"
@@ -230,12 +230,6 @@ def summarise(
 # ---- server and offline --------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Server:
     def __init__(self, model_dir: Path, max_model_len: int, extra: list[str]) -> None:
         self.port = free_port()
@@ -250,26 +244,10 @@ class Server:
         self.proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
     def wait_ready(self, timeout: float = 300.0) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit("pe-server exited during start-up")
-            try:
-                if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise SystemExit("pe-server did not become ready")
+        wait_http_ready(self.proc, f"{self.base_url}/health", timeout)
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc)
 
 
 def offline_throughput(

@@ -32,8 +32,6 @@ import os
 import platform
 import random
 import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +43,8 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+
+from pe_server.launch import free_port, stop_process, wait_http_ready
 
 SERVED_NAME = "soak"
 KINDS = ("text", "embeds", "chat")
@@ -98,12 +98,6 @@ class Tally:
 # ---- the server ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Server:
     """``python -m pe_server serve`` on a free loopback port, keyless."""
 
@@ -117,6 +111,7 @@ class Server:
             "--kv-cache-memory", args.kv_cache_memory,
             "--max-concurrent-requests", str(4 * args.concurrency), "--log-level", "warning",
         ]  # fmt: skip
+        self.log_path = log_path
         self.log = log_path.open("wb")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
@@ -127,19 +122,8 @@ class Server:
                 return int(line.split()[1]) / 1024
         raise RuntimeError("no VmRSS")
 
-    async def wait_ready(self, session: aiohttp.ClientSession, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit("pe-server exited during start-up")
-            try:
-                async with session.get(f"{self.root}/health") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-        raise SystemExit("pe-server did not become ready")
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        wait_http_ready(self.proc, f"{self.root}/health", timeout, log_path=self.log_path)
 
     async def metrics(self, session: aiohttp.ClientSession) -> dict[str, float]:
         async with session.get(f"{self.root}/metrics") as r:
@@ -152,14 +136,9 @@ class Server:
         return samples
 
     def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        returncode = stop_process(self.proc)
         self.log.close()
-        return int(self.proc.returncode)
+        return returncode
 
 
 # ---- traffic ---------------------------------------------------------------------------------
@@ -327,7 +306,7 @@ async def soak(args: argparse.Namespace, model_dir: Path, log_path: Path) -> dic
     connector = aiohttp.TCPConnector(limit=0)
     try:
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-            await server.wait_ready(session)
+            await asyncio.to_thread(server.wait_ready)
             traffic = Traffic(args, server.root, load_table(model_dir), tokenizer)
             samples: list[Sample] = []
             stop = asyncio.Event()

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import numpy as np
 from safetensors import safe_open
 from transformers import AutoTokenizer
@@ -26,18 +24,13 @@ from transformers import AutoTokenizer
 from pe_client import PEClient
 from pe_client.messages import user
 from pe_engine.demo_model import ensure_demo_model
+from pe_server.launch import free_port, stop_process, wait_http_ready
 
 QUESTION = "What is the capital of France?"
 DOCUMENT = (
     "The Eiffel Tower is a wrought-iron lattice tower in Paris. It was built for the 1889 "
     "World's Fair and was the tallest man-made structure in the world for 41 years."
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Embedder:
@@ -63,20 +56,6 @@ def start_server(model_dir: Path, port: int) -> subprocess.Popen[bytes]:
     ]  # fmt: skip
     print("$ python " + " ".join(cmd[1:]), flush=True)
     return subprocess.Popen(cmd)
-
-
-def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"pe-server exited with status {proc.returncode} during start-up")
-        try:
-            if httpx.get(f"{base}/health", timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit("pe-server did not become ready in time")
 
 
 def timed(title: str, call: Callable[[], str]) -> str:
@@ -140,14 +119,13 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     proc = start_server(model_dir, port)
     try:
-        wait_ready(base, proc)
+        wait_http_ready(proc, f"{base}/health", timeout=300.0, step=0.5)
         print(f"pe-server ready on {base} ({time.perf_counter() - started:.1f} s)", flush=True)
         embed = Embedder(model_dir)
         with PEClient(base_url=f"{base}/v1", api_key=None, timeout=300.0) as client:
             run_calls(client, embed)
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        stop_process(proc)
     print(f"\ndemo finished in {time.perf_counter() - started:.1f} s")
 
 

@@ -9,96 +9,40 @@ get the same output from the same messages; closing a stream early must abort th
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
+from server_harness import MODEL, ServerProcess, wait_until
+
 import pe_client
+from chat_messages import mixed_chat
 from pe_client import AsyncPEClient, PEClient
 from pe_client.messages import system, user
 from pe_client.openai_compat import chat_part, completion_extra_body
 
-MODEL = "tiny"
 TEXT = "The quick brown fox jumps over the lazy dog"
 GREEDY: dict[str, Any] = {"max_tokens": 8, "temperature": 0.0, "ignore_eos": True}
 FORMATS = ["safetensors", "torch", "raw"]
 TRANSPORTS = ["json", "msgpack"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """A pe server subprocess serving ``model_dir`` as ``MODEL``."""
-
-    def __init__(self, model_dir: Path, log_path: Path) -> None:
-        self.port = free_port()
-        self.root = f"http://127.0.0.1:{self.port}"
-        self.base_url = f"{self.root}/v1"
-        cmd = [
-            sys.executable, "-m", "pe_server", "serve", str(model_dir),
-            "--enable-prompt-embeds", "--host", "127.0.0.1", "--port", str(self.port),
-            "--dtype", "float32", "--served-model-name", MODEL,
-        ]  # fmt: skip
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"pe server exited:\n{self.log_path.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{self.root}/health", timeout=2.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"pe server not ready:\n{self.log_path.read_text()[-4000:]}")
-
-    def metrics(self) -> dict[str, float]:
-        """The unlabelled samples of /metrics (name -> value)."""
-        text = httpx.get(f"{self.root}/metrics", timeout=5.0).text
-        samples: dict[str, float] = {}
-        for line in text.splitlines():
-            match = re.match(r"^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)$", line)
-            if match:
-                samples[match.group(1) + (match.group(2) or "")] = float(match.group(3))
-        return samples
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-        self._log.close()
-
-
 @pytest.fixture(scope="module")
-def server(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tiny_llama_dir, tmp_path_factory.mktemp("pe_server") / "server.log")
+def server(
+    tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """A keyless pe server serving the tiny Llama as ``MODEL``."""
+    log_path = tmp_path_factory.mktemp("pe_server") / "server.log"
+    proc = ServerProcess(tiny_llama_dir, log_path, ["--enable-prompt-embeds"], api_key=None)
     try:
-        srv.wait_ready()
-        yield srv
+        yield proc.wait_ready()
     finally:
-        srv.stop()
+        proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +68,7 @@ def embedder(tiny_llama_dir: Path) -> Any:
 
 
 @pytest.fixture
-def client(server: Server) -> Iterator[PEClient]:
+def client(server: ServerProcess) -> Iterator[PEClient]:
     with PEClient(base_url=server.base_url, api_key=None, timeout=60.0) as c:
         yield c
 
@@ -141,7 +85,7 @@ def test_models_list(client: PEClient) -> None:
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("embeds_format", FORMATS)
 def test_embeds_of_the_tokens_equal_the_token_ids(
-    server: Server, embedder: Any, transport: str, embeds_format: str
+    server: ServerProcess, embedder: Any, transport: str, embeds_format: str
 ) -> None:
     with PEClient(
         base_url=server.base_url,
@@ -174,7 +118,7 @@ def test_batch_embeds_first_then_text(client: PEClient, embedder: Any) -> None:
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_stream_equals_whole_reply(server: Server, embedder: Any, transport: str) -> None:
+def test_stream_equals_whole_reply(server: ServerProcess, embedder: Any, transport: str) -> None:
     with PEClient(base_url=server.base_url, transport=transport) as c:  # type: ignore[arg-type]
         whole = c.completions.create(model=MODEL, prompt_embeds=embedder(TEXT), **GREEDY)
         stream = c.completions.create(
@@ -216,20 +160,9 @@ def chat_messages(embedder: Any) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("embeds_format", FORMATS)
 def test_chat_mixed_parts(
-    server: Server, embedder: Any, transport: str, embeds_format: str
+    server: ServerProcess, embedder: Any, transport: str, embeds_format: str
 ) -> None:
-    x = embedder("Paris is the capital of France")
-    messages = [
-        {"role": "system", "content": "You are terse."},
-        {
-            "role": "user",
-            "content": [
-                {"type": "text", "text": "Read:"},
-                {"type": "prompt_embeds", "data": x},
-                {"type": "text", "text": "Which city?"},
-            ],
-        },
-    ]
+    messages = mixed_chat(embedder("Paris is the capital of France"))
     with PEClient(
         base_url=server.base_url,
         transport=transport,  # type: ignore[arg-type]
@@ -258,7 +191,7 @@ def test_chat_stream_and_logprobs(client: PEClient, embedder: Any) -> None:
 
 
 def test_openai_client_gets_the_same_output(
-    server: Server, client: PEClient, embedder: Any
+    server: ServerProcess, client: PEClient, embedder: Any
 ) -> None:
     openai = pytest.importorskip("openai")
     oa = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
@@ -287,7 +220,7 @@ def test_openai_client_gets_the_same_output(
     assert theirs_completion.choices[0].text == completion_text(client, prompt_embeds=x)
 
 
-async def test_async_variants(server: Server, embedder: Any) -> None:
+async def test_async_variants(server: ServerProcess, embedder: Any) -> None:
     x = embedder(TEXT)
     async with AsyncPEClient(base_url=server.base_url, transport="msgpack") as c:
         models = await c.models.list()
@@ -324,32 +257,14 @@ def test_server_errors_are_typed(client: PEClient, embedder: Any) -> None:
         client.completions.create(model="no-such-model", prompt="x")
 
 
-def wait_until(predicate: Any, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def aborts(server: Server) -> float:
+def aborts(server: ServerProcess) -> float:
     return sum(v for k, v in server.metrics().items() if k.startswith("pe_request_aborts_total"))
 
 
-def server_is_idle(server: Server) -> bool:
-    m = server.metrics()
-    return (
-        m.get("pe_num_requests_running") == 0.0
-        and m.get("pe_num_requests_waiting") == 0.0
-        and m.get("pe_kv_free_blocks") == m.get("pe_kv_total_blocks")
-    )
-
-
 def test_closing_a_stream_early_aborts_the_request(
-    server: Server, client: PEClient, embedder: Any
+    server: ServerProcess, client: PEClient, embedder: Any
 ) -> None:
-    assert wait_until(lambda: server_is_idle(server))
+    assert wait_until(server.is_idle)
     aborts_before = aborts(server)
     stream = client.completions.create(
         model=MODEL,
@@ -362,13 +277,13 @@ def test_closing_a_stream_early_aborts_the_request(
     with stream:
         first = next(iter(stream))
         assert first.choices
-        assert not server_is_idle(server), server.metrics()  # the request holds KV blocks
+        assert not server.is_idle(), server.metrics()  # the request holds KV blocks
     assert stream.response.is_closed
     assert wait_until(lambda: aborts(server) > aborts_before), server.metrics()
-    assert wait_until(lambda: server_is_idle(server)), server.metrics()
+    assert wait_until(server.is_idle), server.metrics()
 
 
-async def test_async_stream_left_early_aborts(server: Server, embedder: Any) -> None:
+async def test_async_stream_left_early_aborts(server: ServerProcess, embedder: Any) -> None:
     aborts_before = aborts(server)
     async with AsyncPEClient(base_url=server.base_url) as c:
         stream = await c.completions.create(
@@ -382,4 +297,4 @@ async def test_async_stream_left_early_aborts(server: Server, embedder: Any) -> 
             async for _ in stream:
                 break
     assert await asyncio.to_thread(wait_until, lambda: aborts(server) > aborts_before)
-    assert await asyncio.to_thread(wait_until, lambda: server_is_idle(server))
+    assert await asyncio.to_thread(wait_until, server.is_idle)

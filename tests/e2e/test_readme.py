@@ -8,17 +8,15 @@ import configparser
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from pe_server.cli import build_parser, config_from_args
+from pe_server.launch import free_port, stop_process, wait_http_ready
 
 pytestmark = pytest.mark.slow
 
@@ -38,38 +36,23 @@ def serve_commands() -> list[str]:
     return [c for lang, b in BLOCKS if lang == "bash" for c in commands(b) if "pe-server" in c]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def base(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The tour's server command, run as written except for the port."""
     port = free_port()
     argv = shlex.split(serve_commands()[0])[1:]
     argv[argv.index("--port") + 1] = str(port)
-    log = (tmp_path_factory.mktemp("readme") / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pe_server", *argv], stdout=log, stderr=subprocess.STDOUT
-    )
-    root = f"http://127.0.0.1:{port}"
+    log_path = tmp_path_factory.mktemp("readme") / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pe_server", *argv], stdout=log, stderr=subprocess.STDOUT
+        )
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, "the README's server command exited"
-            try:
-                if httpx.get(f"{root}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
+        name = "the README's server command"
+        wait_http_ready(proc, f"http://127.0.0.1:{port}/health", 180, log_path=log_path, name=name)
         yield f"127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+        stop_process(proc, timeout=30)
 
 
 def test_setup_commands_are_what_ci_runs() -> None:

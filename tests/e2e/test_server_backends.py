@@ -9,14 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import openai
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-from server_harness import API_KEY, MODEL, EmbeddingTable, ServerProcess
+from backend_flows import TEXT, chat, client_for, logprobs
+from server_harness import MODEL, EmbeddingTable, ServerProcess
+
+from chat_messages import mixed_chat
 
 BACKENDS = ["native", "transformers"]
-TEXT = "The quick brown fox jumps over the lazy dog"
 FLAGS = ["--enable-prompt-embeds", "--max-model-len", "256"]
 GREEDY: dict[str, Any] = {"max_tokens": 10, "temperature": 0.0}
 
@@ -38,10 +39,6 @@ def table(tiny_llama_dir: Path) -> EmbeddingTable:
     return EmbeddingTable(tiny_llama_dir)
 
 
-def embeds(table: EmbeddingTable, text: str, fmt: str = "safetensors") -> str:
-    return table.payload(text, fmt)
-
-
 _results: dict[str, dict[str, Any]] = {}
 
 
@@ -57,16 +54,12 @@ def record(backend: ServerProcess, name: str, value: Any, close: bool = False) -
             assert first == second, f"{name}: {_results[name]}"
 
 
-def client_for(server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0)
-
-
 def test_completions_embeds_and_text(backend_server: ServerProcess, table: Any) -> None:
     with client_for(backend_server) as client:
         res = client.completions.create(
             model=MODEL,
             prompt="Hello there",
-            extra_body={"prompt_embeds": [embeds(table, TEXT)], "ignore_eos": True,
+            extra_body={"prompt_embeds": [table.payload(TEXT)], "ignore_eos": True,
                         "return_token_ids": True},
             **GREEDY,
         )  # fmt: skip
@@ -76,36 +69,12 @@ def test_completions_embeds_and_text(backend_server: ServerProcess, table: Any) 
 
 
 def test_chat_mixed_parts_and_stream(backend_server: ServerProcess, table: Any) -> None:
-    messages = [
-        {"role": "system", "content": "Be brief"},
-        {"role": "user", "content": [
-            {"type": "text", "text": "Read this"},
-            {"type": "prompt_embeds", "data": embeds(table, TEXT)},
-            {"type": "text", "text": "What animal"},
-        ]},
-    ]  # fmt: skip
-    with client_for(backend_server) as client:
-        done = client.chat.completions.create(
-            model=MODEL, messages=messages, extra_body={"ignore_eos": True}, **GREEDY
-        )
-        stream = client.chat.completions.create(
-            model=MODEL, messages=messages, stream=True, extra_body={"ignore_eos": True}, **GREEDY
-        )
-        streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-    assert streamed == done.choices[0].message.content
-    record(backend_server, "chat", (done.choices[0].message.content, done.usage.prompt_tokens))
+    reply = chat(backend_server, mixed_chat(table.payload(TEXT)), **GREEDY)
+    record(backend_server, "chat", reply)
 
 
 def test_logprobs_agree(backend_server: ServerProcess, table: Any) -> None:
-    with client_for(backend_server) as client:
-        res = client.completions.create(
-            model=MODEL,
-            prompt=None,
-            logprobs=2,
-            extra_body={"prompt_embeds": embeds(table, TEXT), "ignore_eos": True},
-            **GREEDY,
-        )
-    lp = res.choices[0].logprobs
-    assert len(lp.token_logprobs) == 10
-    record(backend_server, "logprob_tokens", lp.tokens)
-    record(backend_server, "logprobs", lp.token_logprobs, close=True)
+    tokens, values = logprobs(backend_server, table.payload(TEXT), **GREEDY)
+    assert len(values) == 10
+    record(backend_server, "logprob_tokens", tokens)
+    record(backend_server, "logprobs", values, close=True)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from chat_messages import mixed_chat
 from pe_common.errors import InvalidRequestError, PEValidationError
 from pe_engine.inputs.chat import ChatPromptBuilder
 from pe_engine.inputs.chat_render import ChatRenderBusyError, ChatRenderPool, RenderLimits
@@ -54,17 +55,7 @@ def test_builder_gives_the_same_prompt_with_and_without_the_pool(
 ) -> None:
     builder = ChatPromptBuilder(tokenizer, enable_prompt_embeds=True)
     rows = torch.randn(3, 8)
-    messages = [
-        {"role": "system", "content": "Be brief."},
-        {
-            "role": "user",
-            "content": [
-                {"type": "text", "text": "Read:"},
-                {"type": "prompt_embeds", "data": rows},
-                {"type": "text", "text": "Summarise."},
-            ],
-        },
-    ]
+    messages = mixed_chat(rows)
     local = builder.build(messages)
     pooled = builder.build(messages, renderer=pool)
     assert pooled.token_ids == local.token_ids

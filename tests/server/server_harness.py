@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from pe_server.launch import free_port, stop_process, wait_http_ready
 
 MODEL = "tiny"
 API_KEY = "test-key-0123456789"
@@ -30,35 +31,6 @@ ERROR_TYPES = {
     415: "invalid_request_error", 429: "rate_limit_error", 500: "internal_error",
     503: "server_overloaded",
 }  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http_ready(
-    proc: subprocess.Popen[bytes],
-    url: str,
-    log_path: Path,
-    name: str,
-    timeout: float,
-    step: float = 0.1,
-) -> None:
-    """Poll ``url`` until it answers 200; raise with the log's tail if ``proc`` exits first or
-    ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited:\n{log_path.read_text(errors='replace')[-4000:]}")
-        try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(step)
-    raise RuntimeError(f"{name} not ready:\n{log_path.read_text(errors='replace')[-4000:]}")
 
 
 class ServerProcess:
@@ -104,19 +76,13 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 120.0) -> ServerProcess:
-        wait_http_ready(self.proc, f"{self.root}/health", self.log_path, "pe server", timeout)
+        wait_http_ready(self.proc, f"{self.root}/health", timeout, step=0.1, log_path=self.log_path)
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        returncode = stop_process(self.proc, sig, timeout)
         self._log.close()
-        return int(self.proc.returncode)
+        return returncode
 
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
         kwargs.setdefault("timeout", 30.0)

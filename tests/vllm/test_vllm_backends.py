@@ -17,29 +17,22 @@ from typing import Any
 
 import httpx
 import numpy as np
-import openai
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-from server_harness import (
-    API_KEY,
-    MODEL,
-    EmbeddingTable,
-    ServerProcess,
-    free_port,
-    wait_http_ready,
-    wait_until,
-)
+from backend_flows import TEXT, chat, client_for, logprobs
+from server_harness import MODEL, EmbeddingTable, ServerProcess, wait_until
 
+from chat_messages import mixed_chat
 from pe_common.codec import encode_prompt_embeds
 from pe_server.backends import is_vllm_installed
+from pe_server.launch import free_port, stop_process, wait_http_ready
 
 if not is_vllm_installed():
     pytest.skip("vLLM is not installed (tox -e vllm)", allow_module_level=True)
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1200)]
 
 BACKENDS = ["vllm", "vllm-remote"]
-TEXT = "The quick brown fox jumps over the lazy dog"
 FLAGS = ["--enable-prompt-embeds", "--max-model-len", "256", "--seed", "0"]
 GREEDY: dict[str, Any] = {"max_tokens": 24, "temperature": 0.0}
 READY_TIMEOUT_S = 600.0
@@ -69,16 +62,13 @@ class VllmServer:
 
     def wait_ready(self) -> VllmServer:
         url = f"{self.url}/v1/models"
-        wait_http_ready(self.proc, url, self.log_path, "vLLM", READY_TIMEOUT_S, step=0.5)
+        wait_http_ready(
+            self.proc, url, READY_TIMEOUT_S, step=0.5, log_path=self.log_path, name="vLLM"
+        )
         return self
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        stop_process(self.proc)
         self._log.close()
 
 
@@ -124,57 +114,18 @@ def table(vllm_tiny_dir: Path) -> EmbeddingTable:
     return EmbeddingTable(vllm_tiny_dir)
 
 
-def embeds(table: EmbeddingTable, text: str, fmt: str = "safetensors") -> str:
-    return table.payload(text, fmt)
-
-
-def client_for(server: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url, api_key=API_KEY, max_retries=0, timeout=300)
-
-
 def completions(server: ServerProcess, table: Any) -> tuple[list[list[int]], int, list[str]]:
     with client_for(server) as client:
         res = client.completions.create(
             model=MODEL,
             prompt=["Hello there", TEXT],
-            extra_body={"prompt_embeds": [embeds(table, TEXT), embeds(table, "Once upon", "torch")],
+            extra_body={"prompt_embeds": [table.payload(TEXT), table.payload("Once upon", "torch")],
                         "ignore_eos": True, "return_token_ids": True},
             **GREEDY,
         )  # fmt: skip
     tokens = [c.model_dump()["token_ids"] for c in res.choices]
     assert len(tokens) == 4 and all(len(t) == GREEDY["max_tokens"] for t in tokens)
     return tokens, res.usage.prompt_tokens, [c.text for c in res.choices]
-
-
-MIXED = [
-    {"role": "system", "content": "Be brief"},
-    {"role": "user", "content": [
-        {"type": "text", "text": "Read this"},
-        {"type": "prompt_embeds", "data": None},
-        {"type": "text", "text": "What animal"},
-    ]},
-]  # fmt: skip
-
-
-def chat(server: ServerProcess, table: Any, messages: list[dict[str, Any]]) -> tuple[str, int]:
-    with client_for(server) as client:
-        done = client.chat.completions.create(
-            model=MODEL, messages=messages, extra_body={"ignore_eos": True}, **GREEDY
-        )
-        stream = client.chat.completions.create(
-            model=MODEL, messages=messages, stream=True, extra_body={"ignore_eos": True}, **GREEDY
-        )
-        streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-    content = done.choices[0].message.content or ""
-    assert streamed == content
-    return content, done.usage.prompt_tokens
-
-
-def mixed_messages(table: Any) -> list[dict[str, Any]]:
-    user = dict(MIXED[1])
-    user["content"] = [dict(p) for p in MIXED[1]["content"]]
-    user["content"][1]["data"] = embeds(table, TEXT)
-    return [MIXED[0], user]
 
 
 _native: dict[str, Any] = {}
@@ -197,9 +148,9 @@ def test_completions_text_and_embeds_match_native(
 def test_mixed_chat_matches_native(
     backend: ServerProcess, native: ServerProcess, table: Any
 ) -> None:
-    messages = mixed_messages(table)
-    assert chat(backend, table, messages) == native_result(
-        "mixed_chat", lambda: chat(native, table, messages)
+    messages = mixed_chat(table.payload(TEXT))
+    assert chat(backend, messages, **GREEDY) == native_result(
+        "mixed_chat", lambda: chat(native, messages, **GREEDY)
     )
 
 
@@ -207,27 +158,17 @@ def test_text_chat_matches_native(
     backend: ServerProcess, native: ServerProcess, table: Any
 ) -> None:
     messages = [{"role": "user", "content": "Name three colours"}]
-    assert chat(backend, table, messages) == native_result(
-        "text_chat", lambda: chat(native, table, messages)
+    assert chat(backend, messages, **GREEDY) == native_result(
+        "text_chat", lambda: chat(native, messages, **GREEDY)
     )
 
 
-def logprobs(server: ServerProcess, table: Any) -> tuple[list[str], list[float]]:
-    with client_for(server) as client:
-        res = client.completions.create(
-            model=MODEL,
-            prompt=None,
-            logprobs=2,
-            extra_body={"prompt_embeds": embeds(table, TEXT), "ignore_eos": True},
-            **GREEDY,
-        )
-    lp = res.choices[0].logprobs
-    return lp.tokens, lp.token_logprobs
-
-
 def test_logprobs_match_native(backend: ServerProcess, native: ServerProcess, table: Any) -> None:
-    tokens, values = logprobs(backend, table)
-    native_tokens, native_values = native_result("logprobs", lambda: logprobs(native, table))
+    payload = table.payload(TEXT)
+    tokens, values = logprobs(backend, payload, **GREEDY)
+    native_tokens, native_values = native_result(
+        "logprobs", lambda: logprobs(native, payload, **GREEDY)
+    )
     assert tokens == native_tokens
     np.testing.assert_allclose(values, native_values, atol=1e-3)
 
