@@ -8,6 +8,13 @@ import zipfile
 
 import pybase64
 
+from pe_common.codec import EmbedsLimits
+
+# The codec's limits lowered: each hostile case stays tiny, so a regression cannot take CI down.
+TINY_LIMITS = EmbedsLimits(
+    max_bytes=4096, max_rows=64, max_pickle_bytes=1024, max_header_bytes=1024
+)
+
 
 def torch_save(obj: object, **kwargs: object) -> bytes:
     import torch

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
+from archive_payloads import TINY_LIMITS, torch_save  # noqa: E402
 from pe_common.codec import (  # noqa: E402
-    EmbedsLimits,
     PromptEmbedsError,
     decode_prompt_embeds,
     decode_prompt_embeds_numpy,
@@ -24,16 +24,9 @@ from pe_common.codec import (  # noqa: E402
 )
 
 H = 4
-LIMITS = EmbedsLimits(max_bytes=4096, max_rows=64, max_pickle_bytes=1024, max_header_bytes=1024)
 # PE_FUZZ_EXAMPLES raises the count for a deeper run (the default run stays fast)
 EXAMPLES = int(os.environ.get("PE_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def torch_save(x: torch.Tensor) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(x, buffer)
-    return buffer.getvalue()
 
 
 def seeds() -> list[bytes]:
@@ -52,16 +45,16 @@ SEEDS = seeds()
 def decode_both(data: object) -> None:
     """Assert the outcome is a valid tensor or a PromptEmbedsError, the same for both paths."""
     try:
-        out = decode_prompt_embeds(data, hidden_size=H, dtype=torch.float32, limits=LIMITS)
+        out = decode_prompt_embeds(data, hidden_size=H, dtype=torch.float32, limits=TINY_LIMITS)
     except PromptEmbedsError as error:
         assert len(error.message) <= 300
         with pytest.raises(PromptEmbedsError) as info:
-            decode_prompt_embeds_numpy(data, hidden_size=H, limits=LIMITS)
+            decode_prompt_embeds_numpy(data, hidden_size=H, limits=TINY_LIMITS)
         assert info.value.code == error.code
         return
     assert out.dim() == 2 and out.shape[1] == H and out.shape[0] >= 1
     assert out.is_contiguous() and bool(torch.isfinite(out).all())
-    as_np = decode_prompt_embeds_numpy(data, hidden_size=H, limits=LIMITS)
+    as_np = decode_prompt_embeds_numpy(data, hidden_size=H, limits=TINY_LIMITS)
     assert (as_np == out.numpy()).all()
 
 
@@ -158,5 +151,5 @@ def test_random_raw_specs(dtype: object, shape: object, data: object) -> None:
 def test_valid_payloads_round_trip(dtype: str, rows: int, fmt: str, binary: bool) -> None:
     x = torch.randn(rows, H).to(getattr(torch, dtype))
     payload = encode_prompt_embeds(x, fmt, binary=binary)  # type: ignore[arg-type]
-    out = decode_prompt_embeds(payload, hidden_size=H, dtype=torch.float32, limits=LIMITS)
+    out = decode_prompt_embeds(payload, hidden_size=H, dtype=torch.float32, limits=TINY_LIMITS)
     assert torch.equal(out, x.float())

@@ -21,7 +21,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from archive_payloads import b64, rezip, torch_save  # noqa: E402
+from archive_payloads import TINY_LIMITS, b64, rezip, torch_save  # noqa: E402
 from pe_common.codec import (  # noqa: E402
     EmbedsLimits,
     PromptEmbedsError,
@@ -31,7 +31,6 @@ from pe_common.codec import (  # noqa: E402
 )
 
 H = 8
-TINY = EmbedsLimits(max_bytes=4096, max_rows=64, max_pickle_bytes=1024, max_header_bytes=1024)
 MAX_SECONDS = 0.5
 
 
@@ -106,7 +105,9 @@ def st_entry(dtype: str = "F32", shape: list[int] | None = None, end: int = 4 * 
     return {"dtype": dtype, "shape": shape or [2, H], "data_offsets": [0, end]}
 
 
-def expect_error(data: object, code: str, *, limits: EmbedsLimits = TINY, dtype=None) -> None:
+def expect_error(
+    data: object, code: str, *, limits: EmbedsLimits = TINY_LIMITS, dtype=None
+) -> None:
     """Both decoders reject ``data`` with ``code`` in well under MAX_SECONDS."""
     start = time.perf_counter()
     with pytest.raises(PromptEmbedsError) as info:
@@ -179,7 +180,7 @@ def test_raw_decoded_length_mismatch() -> None:
     spec = {"data": b64(bytes(63)), "dtype": "float16", "shape": [31, 1]}
     start = time.perf_counter()
     with pytest.raises(PromptEmbedsError) as info:
-        decode_prompt_embeds(spec, hidden_size=1, dtype=torch.float16, limits=TINY)
+        decode_prompt_embeds(spec, hidden_size=1, dtype=torch.float16, limits=TINY_LIMITS)
     assert info.value.code == "size_mismatch" and time.perf_counter() - start < MAX_SECONDS
 
 
@@ -323,7 +324,7 @@ def test_overflow_after_cast() -> None:
     tensor[0, 0] = 3e38
     for payload in all_formats(tensor):
         expect_error(payload, "non_finite_values", dtype=torch.float16)
-        out = decode_prompt_embeds(payload, hidden_size=H, dtype=torch.bfloat16, limits=TINY)
+        out = decode_prompt_embeds(payload, hidden_size=H, dtype=torch.bfloat16, limits=TINY_LIMITS)
         assert torch.isfinite(out).all()
     with pytest.raises(PromptEmbedsError) as info:
         decode_prompt_embeds_numpy(all_formats(tensor)[2], hidden_size=H, dtype="float16")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import importlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +10,9 @@ from typing import Any
 import msgspec
 import openai
 import pytest
+from sdk_transport import http_response, sdk_client
 
+from chat_messages import mixed_chat
 from pe_common.protocol import (
     ChatCompletionRequest,
     ChatMessage,
@@ -47,22 +48,6 @@ def sdk_body(call: Callable[[openai.OpenAI], Any]) -> bytes:
         call(sdk_client(handler))
     assert len(bodies) == 1
     return bodies[0]
-
-
-def sdk_client(handler: Callable[[Any], Any]) -> openai.OpenAI:
-    """An openai client whose transport is ``handler`` (openai 3.x ships httpx2, older httpx)."""
-    http = importlib.import_module(openai.DefaultHttpxClient.__mro__[1].__module__.split(".")[0])
-    return openai.OpenAI(
-        api_key="k",
-        base_url="http://pe.test/v1",
-        http_client=openai.DefaultHttpxClient(transport=http.MockTransport(handler)),
-        max_retries=0,
-    )
-
-
-def http_response(status: int, body: bytes, content_type: str = "application/json") -> Any:
-    http = importlib.import_module(openai.DefaultHttpxClient.__mro__[1].__module__.split(".")[0])
-    return http.Response(status, content=body, headers={"content-type": content_type})
 
 
 def test_sdk_completion_with_extra_body_embeds() -> None:
@@ -122,15 +107,7 @@ def test_sdk_completion_embeds_only_prompt_none() -> None:
 
 def test_sdk_chat_with_embeds_parts() -> None:
     messages: Any = [
-        {"role": "developer", "content": "Be brief."},
-        {
-            "role": "user",
-            "content": [
-                {"type": "text", "text": "Summarize:"},
-                {"type": "prompt_embeds", "data": B64},
-                {"type": "text", "text": "thanks"},
-            ],
-        },
+        *mixed_chat(B64, "Be brief.", "Summarize:", "thanks", system_role="developer"),
         {"role": "assistant", "content": [{"type": "prompt_embeds", "data": B64}]},
         {"role": "user", "content": "again"},
     ]
@@ -269,6 +246,29 @@ def test_chat_parts_msgpack_bin_and_raw() -> None:
     assert second.payload == RawEmbeds(data=b"\x00\x00", dtype="float16", shape=[1, 1])
 
 
+# The sampling fields both request types carry, each off its default.
+SAMPLING_FIELDS: dict[str, Any] = {
+    "frequency_penalty": 0.5,
+    "logit_bias": {50256: -100.0, 7: 2.5},
+    "presence_penalty": -0.5,
+    "seed": -3,
+    "stop": ["a", "bc"],
+    "stream": True,
+    "temperature": 0.7,
+    "top_p": 0.9,
+    "user": "u",
+    "top_k": 40,
+    "min_p": 0.05,
+    "repetition_penalty": 1.2,
+    "min_tokens": 2,
+    "ignore_eos": True,
+    "stop_token_ids": [2, 3],
+    "skip_special_tokens": False,
+    "include_stop_str_in_output": True,
+    "return_token_ids": True,
+}
+
+
 def full_completion_request(embeds: list[Any]) -> CompletionRequest:
     return CompletionRequest(
         model="m",
@@ -276,30 +276,13 @@ def full_completion_request(embeds: list[Any]) -> CompletionRequest:
         prompt_embeds=embeds,
         best_of=3,
         echo=False,
-        frequency_penalty=0.5,
-        logit_bias={50256: -100.0, 7: 2.5},
         logprobs=5,
         max_tokens=32,
         n=2,
-        presence_penalty=-0.5,
-        seed=-3,
-        stop=["a", "bc"],
-        stream=True,
         stream_options=StreamOptions(include_usage=False, continuous_usage_stats=True),
         suffix=None,
-        temperature=0.7,
-        top_p=0.9,
-        user="u",
-        top_k=40,
-        min_p=0.05,
-        repetition_penalty=1.2,
-        min_tokens=2,
-        ignore_eos=True,
-        stop_token_ids=[2, 3],
-        skip_special_tokens=False,
-        include_stop_str_in_output=True,
-        return_token_ids=True,
         prompt_logprobs=1,
+        **SAMPLING_FIELDS,
         add_special_tokens=False,
         truncate_prompt_tokens=100,
     )
@@ -355,30 +338,13 @@ def full_chat_request(data: str | bytes) -> ChatCompletionRequest:
             ),
             ChatMessage(role="tool", content="42", tool_call_id="c"),
         ],
-        frequency_penalty=0.1,
-        logit_bias={3: 1.0},
         logprobs=True,
         top_logprobs=3,
         max_tokens=10,
         max_completion_tokens=20,
         n=3,
-        presence_penalty=0.2,
-        seed=1,
-        stop=["x"],
-        stream=True,
         stream_options=StreamOptions(),
-        temperature=1.5,
-        top_p=0.5,
-        user="u",
-        top_k=1,
-        min_p=0.1,
-        repetition_penalty=0.9,
-        min_tokens=5,
-        ignore_eos=True,
-        stop_token_ids=[1],
-        skip_special_tokens=False,
-        include_stop_str_in_output=True,
-        return_token_ids=True,
+        **SAMPLING_FIELDS,
         chat_template="{{ messages }}",
         chat_template_kwargs={"k": [1, {"v": None}]},
         add_generation_prompt=False,

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -13,6 +11,7 @@ import pytest
 from openai.types import Completion, Model
 from openai.types import CompletionChoice as SDKCompletionChoice
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from sdk_transport import http_response, sdk_client
 
 from pe_common.errors import InvalidRequestError
 from pe_common.protocol import (
@@ -203,22 +202,6 @@ def test_sdk_validates_models() -> None:
     assert data["object"] == "list"
     model = Model.model_validate(data["data"][0])
     assert (model.id, model.owned_by, model.object) == ("tiny", "pe", "model")
-
-
-def sdk_client(handler: Callable[[Any], Any]) -> openai.OpenAI:
-    """An openai client whose transport is ``handler`` (openai 3.x ships httpx2, older httpx)."""
-    http = importlib.import_module(openai.DefaultHttpxClient.__mro__[1].__module__.split(".")[0])
-    return openai.OpenAI(
-        api_key="k",
-        base_url="http://pe.test/v1",
-        http_client=openai.DefaultHttpxClient(transport=http.MockTransport(handler)),
-        max_retries=0,
-    )
-
-
-def http_response(status: int, body: bytes, content_type: str = "application/json") -> Any:
-    http = importlib.import_module(openai.DefaultHttpxClient.__mro__[1].__module__.split(".")[0])
-    return http.Response(status, content=body, headers={"content-type": content_type})
 
 
 def sse(events: list[Any]) -> bytes:
