@@ -30,9 +30,49 @@ MAIN_FLAGS = [
 
 
 def start_server(
-    model_dir: Path, log_dir: Path, name: str, flags: list[str], **kwargs: Any
+    model_dir: Path,
+    log_dir: Path,
+    name: str,
+    flags: list[str],
+    *,
+    chat_template: str | None = None,
+    **kwargs: Any,
 ) -> ServerProcess:
+    """A ready server logging to ``log_dir``; ``chat_template`` goes to --chat-template as a file."""
+    if chat_template is not None:
+        path = log_dir / f"{name}.jinja"
+        path.write_text(chat_template)
+        flags = [*flags, "--chat-template", str(path)]
     return ServerProcess(model_dir, log_dir / f"{name}.log", flags, **kwargs).wait_ready()
+
+
+def serve(
+    model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    flags: list[str],
+    **kwargs: Any,
+) -> Iterator[ServerProcess]:
+    """A server fixture's body (``yield from serve(...)``): started in its own log folder, stopped
+    at teardown."""
+    proc = start_server(model_dir, tmp_path_factory.mktemp(name), name, flags, **kwargs)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def module_server(name: str, flags: list[str], **kwargs: Any) -> Any:
+    """A module-scoped fixture: the tiny Llama served with ``flags`` (``kwargs`` as for
+    ``start_server``), e.g. ``fuzzed = module_server("fuzz", [...])``."""
+
+    @pytest.fixture(scope="module")
+    def fixture(
+        tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[ServerProcess]:
+        yield from serve(tiny_llama_dir, tmp_path_factory, name, flags, **kwargs)
+
+    return fixture
 
 
 @pytest.fixture(scope="session")

@@ -168,6 +168,17 @@ def expect_bomb(server: ServerProcess, payload: Any, code: str) -> None:
     assert rss.peak_delta <= BOMB_RSS_LIMIT, str(rss)
 
 
+def expect_completion_bomb(server: ServerProcess, payload: Any, *codes: str) -> None:
+    """/v1/completions refuses the payload with one of ``codes`` (whichever check fires first),
+    and the server's peak RSS stays within the bomb limit."""
+    with RssProbe(server) as rss:
+        r = complete(server, payload)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] in codes
+    print(rss)  # shown with -s
+    assert rss.peak_delta <= BOMB_RSS_LIMIT, str(rss)
+
+
 def greedy_text(server: ServerProcess, payload: Any) -> str:
     r = complete(server, payload, temperature=0.0, max_tokens=8, ignore_eos=True)
     assert r.status_code == 200, r.text
@@ -363,12 +374,7 @@ def test_row21_huge_declared_shape_allocates_nothing(
 ) -> None:
     # Valid ints, 2**31 - 1 rows: refused from the declared shape before any allocation.
     payload = raw(np.ones((1, embedder.hidden_size)), shape=[2**31 - 1, embedder.hidden_size])
-    with RssProbe(server) as rss:
-        r = complete(server, payload)
-    assert r.status_code == 400, r.text
-    assert r.json()["error"]["code"] == "decode_budget_exceeded"
-    print(rss)  # shown with -s
-    assert rss.peak_delta <= BOMB_RSS_LIMIT, str(rss)
+    expect_completion_bomb(server, payload, "decode_budget_exceeded")
 
 
 @pytest.mark.parametrize(
@@ -526,12 +532,7 @@ def test_row35_stride_zero_views(server: ServerProcess, embedder: Embedder) -> N
     expanded = torch.ones(1, h).expand(1_000_000, h)  # 256 MB if materialised
     payload = b64(torch_save(expanded))
     assert len(payload) < 64 * 1024
-    with RssProbe(server) as rss:
-        r = complete(server, payload)
-    assert r.status_code == 400
-    assert r.json()["error"]["code"] in ("unsupported_layout", "too_large")
-    print(rss)  # shown with -s
-    assert rss.peak_delta <= BOMB_RSS_LIMIT, str(rss)
+    expect_completion_bomb(server, payload, "unsupported_layout", "too_large")
     small = torch.ones(1, h).expand(8, h)
     expect_bomb(server, b64(torch_save(small)), "unsupported_layout")
     overlapping = torch.ones(2 * h).as_strided((4, h), (1, 1))
@@ -587,12 +588,7 @@ def test_row38_deflate_zip_bomb(server: ServerProcess, embedder: Embedder) -> No
     del archive
     payload = b64(bomb)
     assert len(payload) < 128 * 1024
-    with RssProbe(server) as rss:
-        r = complete(server, payload)
-    assert r.status_code == 400
-    assert r.json()["error"]["code"] in ("unsupported_format", "too_large")
-    print(rss)  # shown with -s
-    assert rss.peak_delta <= BOMB_RSS_LIMIT, str(rss)
+    expect_completion_bomb(server, payload, "unsupported_format", "too_large")
     # A small tensor whose data.pkl alone is compressed: refused for the compression itself.
     small = torch_save(torch.ones(2, h))
     expect_bomb(server, b64(rezip(small, compression=zipfile.ZIP_DEFLATED)), "unsupported_format")

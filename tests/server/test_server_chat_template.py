@@ -11,7 +11,6 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import httpx
 import pytest
 from server_harness import MODEL, ServerProcess, assert_error, wait_until
 
-from conftest import start_server
+from conftest import module_server, start_server
 from pe_server.serve import SHUTDOWN_GRACE_S
 
 # Two nested loops of 10^5: about 10^10 iterations, hours of rendering.
@@ -35,23 +34,16 @@ SERVER_TEMPLATE = (
 HI = [{"role": "user", "content": "hi"}]
 
 
-@pytest.fixture(scope="module")
-def trusting(
-    tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    log_dir = tmp_path_factory.mktemp("trusting")
-    template = log_dir / "template.jinja"
-    template.write_text(SERVER_TEMPLATE)
-    flags = [
+trusting = module_server(
+    "trusting",
+    [
         "--trust-request-chat-template",
         "--chat-render-timeout", str(RENDER_TIMEOUT),
-        "--chat-template", str(template),
         "--chat-template-content-format", "string",
         "--max-model-len", "256",
-    ]  # fmt: skip
-    proc = start_server(tiny_llama_dir, log_dir, "trusting", flags)
-    yield proc
-    proc.stop()
+    ],
+    chat_template=SERVER_TEMPLATE,
+)  # fmt: skip
 
 
 def chat(server: ServerProcess, **fields: Any) -> httpx.Response:

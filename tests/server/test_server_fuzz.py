@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,7 +24,7 @@ from hypothesis import event as note_event
 from hypothesis import strategies as st
 from server_harness import ERROR_TYPES, INTERNALS, MODEL, ServerProcess, wait_until
 
-from conftest import start_server
+from conftest import module_server
 from pe_common.codec import encode_prompt_embeds
 from pe_common.protocol.chat import ChatCompletionRequestBody
 from pe_common.protocol.completion import CompletionRequestBody
@@ -270,16 +269,9 @@ valid_chat_bodies = st.fixed_dictionaries(
 # the check -----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def fuzzed(
-    tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    """A short context and n <= 2, so that no valid request generates for long."""
-    flags = ["--enable-prompt-embeds", "--max-model-len", "64", "--max-n", "2",
-             "--max-logprobs", "5", "--max-embeds-bytes", "64KiB"]  # fmt: skip
-    proc = start_server(tiny_llama_dir, tmp_path_factory.mktemp("fuzz"), "fuzz", flags)
-    yield proc
-    proc.stop()
+# A short context and n <= 2, so that no valid request generates for long.
+fuzzed = module_server("fuzz", ["--enable-prompt-embeds", "--max-model-len", "64", "--max-n", "2",
+                                "--max-logprobs", "5", "--max-embeds-bytes", "64KiB"])  # fmt: skip
 
 
 @pytest.fixture(scope="module")

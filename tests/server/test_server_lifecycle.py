@@ -17,25 +17,20 @@ import numpy as np
 import pytest
 from server_harness import MODEL, ServerProcess, assert_error, wait_until
 
-from conftest import Embedder, start_server
+from conftest import Embedder, module_server, serve
 from pe_common.codec import encode_prompt_embeds
 
 TEXT = "The quick brown fox jumps over the lazy dog"
 FLAG_MESSAGE = "You must set `--enable-prompt-embeds` to input `prompt_embeds`"
 
 
-@pytest.fixture(scope="module")
-def limited(
-    tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    """bf16, embeds on, no API key, two admission slots."""
-    flags = ["--enable-prompt-embeds", "--max-concurrent-requests", "2", "--max-model-len", "1024",
-             "--dtype", "bfloat16", "--stream-write-timeout", "2"]  # fmt: skip
-    proc = start_server(
-        tiny_llama_dir, tmp_path_factory.mktemp("limited"), "limited", flags, api_key=None
-    )
-    yield proc
-    proc.stop()
+# bf16, embeds on, no API key, two admission slots.
+limited = module_server(
+    "limited",
+    ["--enable-prompt-embeds", "--max-concurrent-requests", "2", "--max-model-len", "1024",
+     "--dtype", "bfloat16", "--stream-write-timeout", "2"],
+    api_key=None,
+)  # fmt: skip
 
 
 def hold_upload(port: int) -> socket.socket:
@@ -131,15 +126,8 @@ def test_slow_reader_is_aborted(limited: ServerProcess) -> None:
 # ---- embeds off, then drain --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def plain(
-    tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    """Embeds off, an API key, a short drain deadline."""
-    flags = ["--max-model-len", "512", "--drain-timeout", "20"]
-    proc = start_server(tiny_llama_dir, tmp_path_factory.mktemp("plain"), "plain", flags)
-    yield proc
-    proc.stop()
+# Embeds off, an API key, a short drain deadline.
+plain = module_server("plain", ["--max-model-len", "512", "--drain-timeout", "20"])
 
 
 @pytest.mark.parametrize("payload", ["not base64 at all!!", "aGVsbG8="])
@@ -205,15 +193,13 @@ def faulty(
 ) -> Iterator[ServerProcess]:
     """The engine fails at one stage after a few steps (test hooks PE_TEST_FAULT_AFTER_STEPS,
     PE_TEST_FAULT_STAGE)."""
-    proc = start_server(
+    yield from serve(
         tiny_llama_dir,
-        tmp_path_factory.mktemp("faulty"),
+        tmp_path_factory,
         f"faulty-{request.param}",
         ["--max-model-len", "512", "--drain-timeout", str(FAULTY_DRAIN_S)],
         env={"PE_TEST_FAULT_AFTER_STEPS": "40", "PE_TEST_FAULT_STAGE": request.param},
     )
-    yield proc
-    proc.stop()
 
 
 def test_engine_failure(faulty: ServerProcess) -> None:

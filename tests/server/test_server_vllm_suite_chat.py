@@ -10,17 +10,17 @@ from the model's own input embedding table, cast to the server dtype as vLLM's f
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
+from typing import Any
 
 import openai
 import pytest
 import torch
 from openai import BadRequestError
 from server_harness import ServerProcess
+from vllm_suite import SERVER_ARGS, async_client, encode_embeds
 
-from archive_payloads import b64, torch_save
-from conftest import API_KEY, MODEL, Embedder, start_server
+from conftest import MODEL, Embedder, module_server
 
 # vLLM's examples/template_chatml.jinja.
 CHATML_TEMPLATE = (
@@ -34,40 +34,13 @@ CHATML_TEMPLATE = (
 SERVER_DTYPE: torch.dtype = torch.bfloat16
 
 
-def server_args(chat_template: Path) -> list[str]:
-    return [
-        "--dtype", "bfloat16",
-        "--max-model-len", "2048",
-        "--max-num-seqs", "128",
-        "--enforce-eager",
-        "--chat-template", str(chat_template),
-        "--enable-prompt-embeds",
-    ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def server(
-    tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    log_dir = tmp_path_factory.mktemp("vllm_suite_chat")
-    template = log_dir / "template_chatml.jinja"
-    template.write_text(CHATML_TEMPLATE)
-    proc = start_server(tiny_llama_dir, log_dir, "server", server_args(template))
-    yield proc
-    proc.stop()
+server = module_server("vllm_suite_chat", SERVER_ARGS, chat_template=CHATML_TEMPLATE)
 
 
 @pytest.fixture
 async def client(server: ServerProcess) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        base_url=server.base_url, api_key=API_KEY, max_retries=0
-    ) as async_client:
-        yield async_client
-
-
-def _encode_embeds(embeds: torch.Tensor) -> str:
-    """vLLM's test helper: base64 of ``torch.save(embeds)``."""
-    return b64(torch_save(embeds))
+    async with async_client(server) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
@@ -76,87 +49,54 @@ def prompt_embeds_b64(embedder: Embedder) -> list[str]:
     ``hf_model.get_prompt_embeddings``: default special tokens, the input embedding layer)."""
     prompts = ["Hello, my name is", "What is an LLM?"]
     embeddings = [torch.from_numpy(embedder.rows(embedder.tokenizer(p).input_ids)) for p in prompts]
-    return [_encode_embeds(e.to(SERVER_DTYPE)) for e in embeddings]
+    return [encode_embeds(e.to(SERVER_DTYPE)) for e in embeddings]
 
 
-async def test_single_prompt_embeds_part(
-    client: openai.AsyncOpenAI,
-    prompt_embeds_b64: list[str],
-) -> None:
-    """vLLM: test_single_prompt_embeds_part (a user message with one prompt_embeds part + text)."""
-    b64_part = prompt_embeds_b64[0]
+async def reply_content(
+    client: openai.AsyncOpenAI, messages: list[dict[str, Any]], max_tokens: int = 5
+) -> Any:
+    """vLLM's request: greedy, 5 tokens by default; the first choice's content."""
     chat = await client.chat.completions.create(
-        model=MODEL,
-        max_tokens=5,
-        temperature=0.0,
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {"type": "prompt_embeds", "data": b64_part},
-                    {"type": "text", "text": "Continue:"},
-                ],
-            }
-        ],
+        model=MODEL, max_tokens=max_tokens, temperature=0.0, messages=messages
     )
-    assert chat.choices[0].message.content is not None
-    assert len(chat.choices[0].message.content) > 0
+    return chat.choices[0].message.content
 
 
-async def test_multiple_prompt_embeds_parts(
-    client: openai.AsyncOpenAI,
-    prompt_embeds_b64: list[str],
+def user_parts(*parts: dict[str, str]) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": list(parts)}]
+
+
+def embeds_part(data: str) -> dict[str, str]:
+    return {"type": "prompt_embeds", "data": data}
+
+
+def text_part(text: str) -> dict[str, str]:
+    return {"type": "text", "text": text}
+
+
+# vLLM's test_single_prompt_embeds_part (one part + text), test_multiple_prompt_embeds_parts
+# (several parts in one message) and test_multi_message_conversation (parts in system and user
+# messages): each message list, built from the two prompts' embeddings, gets a non-empty reply.
+PARTS_CASES = {
+    "single_prompt_embeds_part": lambda a, _: user_parts(embeds_part(a), text_part("Continue:")),
+    "multiple_prompt_embeds_parts": lambda a, b: user_parts(
+        embeds_part(a), text_part(" and "), embeds_part(b)
+    ),
+    "multi_message_conversation": lambda a, b: [
+        {"role": "system", "content": [text_part("You are helpful."), embeds_part(a)]},
+        *user_parts(embeds_part(b), text_part("Summarize.")),
+    ],
+}
+
+
+@pytest.mark.parametrize("case", PARTS_CASES)
+async def test_prompt_embeds_parts(
+    client: openai.AsyncOpenAI, prompt_embeds_b64: list[str], case: str
 ) -> None:
-    """vLLM: test_multiple_prompt_embeds_parts (several parts in a single message)."""
-    b64_a, b64_b = prompt_embeds_b64
-    chat = await client.chat.completions.create(
-        model=MODEL,
-        max_tokens=5,
-        temperature=0.0,
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {"type": "prompt_embeds", "data": b64_a},
-                    {"type": "text", "text": " and "},
-                    {"type": "prompt_embeds", "data": b64_b},
-                ],
-            }
-        ],
-    )
-    assert chat.choices[0].message.content is not None
-    assert len(chat.choices[0].message.content) > 0
-
-
-async def test_multi_message_conversation(
-    client: openai.AsyncOpenAI,
-    prompt_embeds_b64: list[str],
-) -> None:
-    """vLLM: test_multi_message_conversation (parts in both system and user messages)."""
-    b64_sys, b64_usr = prompt_embeds_b64
-    chat = await client.chat.completions.create(
-        model=MODEL,
-        max_tokens=5,
-        temperature=0.0,
-        messages=[
-            {
-                "role": "system",
-                "content": [
-                    {"type": "text", "text": "You are helpful."},
-                    {"type": "prompt_embeds", "data": b64_sys},
-                ],
-            },
-            {
-                "role": "user",
-                "content": [
-                    {"type": "prompt_embeds", "data": b64_usr},
-                    {"type": "text", "text": "Summarize."},
-                ],
-            },
-        ],
-    )
-    assert chat.choices[0].message.content is not None
-    assert len(chat.choices[0].message.content) > 0
+    """vLLM: test_{case}."""
+    content = await reply_content(client, PARTS_CASES[case](*prompt_embeds_b64))
+    assert content is not None
+    assert len(content) > 0
 
 
 async def test_streaming(
@@ -165,24 +105,10 @@ async def test_streaming(
 ) -> None:
     """vLLM: test_streaming (the streamed deltas join to the non-streamed reply)."""
     b64_part = prompt_embeds_b64[0]
-    messages = [
-        {
-            "role": "user",
-            "content": [
-                {"type": "prompt_embeds", "data": b64_part},
-                {"type": "text", "text": "Continue:"},
-            ],
-        }
-    ]
+    messages = user_parts(embeds_part(b64_part), text_part("Continue:"))
 
     # Non-streaming baseline.
-    baseline = await client.chat.completions.create(
-        model=MODEL,
-        max_tokens=5,
-        temperature=0.0,
-        messages=messages,
-    )
-    expected = baseline.choices[0].message.content
+    expected = await reply_content(client, messages)
 
     # Streaming.
     stream = await client.chat.completions.create(
@@ -207,7 +133,7 @@ def aligned_content_and_embeds_b64(embedder: Embedder) -> tuple[str, str]:
     content = "Hello, my name is"
     ids = embedder.tokenizer(content, add_special_tokens=False).input_ids
     embeds = torch.from_numpy(embedder.rows(ids)).to(SERVER_DTYPE)
-    return content, _encode_embeds(embeds)
+    return content, encode_embeds(embeds)
 
 
 async def test_text_content_and_prompt_embeds_match(
@@ -218,28 +144,11 @@ async def test_text_content_and_prompt_embeds_match(
     prompt_embeds gives identical greedy output; the two requests run concurrently)."""
     content, encoded_embeds = aligned_content_and_embeds_b64
 
-    text_resp, embeds_resp = await asyncio.gather(
-        client.chat.completions.create(
-            model=MODEL,
-            max_tokens=10,
-            temperature=0.0,
-            messages=[{"role": "user", "content": content}],
-        ),
-        client.chat.completions.create(
-            model=MODEL,
-            max_tokens=10,
-            temperature=0.0,
-            messages=[
-                {
-                    "role": "user",
-                    "content": [{"type": "prompt_embeds", "data": encoded_embeds}],
-                }
-            ],
-        ),
+    text_out, embeds_out = await asyncio.gather(
+        reply_content(client, [{"role": "user", "content": content}], max_tokens=10),
+        reply_content(client, user_parts(embeds_part(encoded_embeds)), max_tokens=10),
     )
 
-    text_out = text_resp.choices[0].message.content
-    embeds_out = embeds_resp.choices[0].message.content
     assert text_out is not None and len(text_out) > 0
     assert embeds_out is not None and len(embeds_out) > 0
     assert text_out == embeds_out
@@ -250,16 +159,7 @@ async def test_missing_data_field(
 ) -> None:
     """vLLM: test_missing_data_field (a prompt_embeds part without ``data``)."""
     with pytest.raises(BadRequestError):
-        await client.chat.completions.create(
-            model=MODEL,
-            max_tokens=5,
-            messages=[
-                {
-                    "role": "user",
-                    "content": [{"type": "prompt_embeds"}],
-                }
-            ],
-        )
+        await reply_content(client, user_parts({"type": "prompt_embeds"}))
 
 
 async def test_invalid_base64(
@@ -267,15 +167,4 @@ async def test_invalid_base64(
 ) -> None:
     """vLLM: test_invalid_base64 (invalid base64 in the ``data`` field)."""
     with pytest.raises(BadRequestError):
-        await client.chat.completions.create(
-            model=MODEL,
-            max_tokens=5,
-            messages=[
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "prompt_embeds", "data": "not_valid_base64!!"},
-                    ],
-                }
-            ],
-        )
+        await reply_content(client, user_parts(embeds_part("not_valid_base64!!")))

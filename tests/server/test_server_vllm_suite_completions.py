@@ -12,40 +12,26 @@ SmolLM2 tokenizer; its embeddings come from the model's own input embedding tabl
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
+from typing import Any
 
 import openai
 import pytest
 import torch
 from openai import BadRequestError
 from server_harness import ServerProcess
+from vllm_suite import SERVER_ARGS, async_client, encode_embeds
 
-from archive_payloads import b64, torch_save
-from conftest import API_KEY, MODEL, Embedder, start_server
+from conftest import MODEL, Embedder, module_server
 
 LORA_SERVING_MODEL_NAME = "opt125m-lora"
 NO_LORA = pytest.mark.skip(reason="pe has no LoRA adapters (vLLM's --enable-lora/--lora-module)")
 MODEL_NAMES = [MODEL, pytest.param(LORA_SERVING_MODEL_NAME, marks=NO_LORA)]
 
-# vLLM's default_server_args without the LoRA flags.
-SERVER_ARGS = [
-    "--dtype", "bfloat16",
-    "--max-model-len", "2048",
-    "--max-num-seqs", "128",
-    "--enforce-eager",
-    "--enable-prompt-embeds",
-]  # fmt: skip
-
 EXAMPLE_PROMPTS = [
     "Hello, my name is",
     "What is an LLM?",
 ]
-
-
-def _encode_embeds(embeds: torch.Tensor) -> str:
-    """vLLM's test helper: base64 of ``torch.save(embeds)``."""
-    return b64(torch_save(embeds))
 
 
 def get_prompt_embeddings(embedder: Embedder, prompts: list[str]) -> list[torch.Tensor]:
@@ -57,26 +43,49 @@ def get_prompt_embeddings(embedder: Embedder, prompts: list[str]) -> list[torch.
 
 @pytest.fixture(scope="module")
 def example_prompt_embeds(embedder: Embedder) -> list[str]:
-    return [_encode_embeds(item) for item in get_prompt_embeddings(embedder, EXAMPLE_PROMPTS)]
+    return [encode_embeds(item) for item in get_prompt_embeddings(embedder, EXAMPLE_PROMPTS)]
 
 
-@pytest.fixture(scope="module")
-def server_with_prompt_embeds(
-    tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    log_dir = tmp_path_factory.mktemp("vllm_suite_completions")
-    proc = start_server(tiny_llama_dir, log_dir, "server", SERVER_ARGS)
-    yield proc
-    proc.stop()
+server_with_prompt_embeds = module_server("vllm_suite_completions", SERVER_ARGS)
 
 
 @pytest.fixture
 async def client_with_prompt_embeds(
     server_with_prompt_embeds: ServerProcess,
 ) -> AsyncIterator[openai.AsyncOpenAI]:
-    base_url = server_with_prompt_embeds.base_url
-    async with openai.AsyncOpenAI(base_url=base_url, api_key=API_KEY, max_retries=0) as client:
+    async with async_client(server_with_prompt_embeds) as client:
         yield client
+
+
+async def complete(
+    client: openai.AsyncOpenAI,
+    model_name: str,
+    prompt_embeds: str | list[str] | None = None,
+    prompt: str | None = None,
+    extra_body: dict[str, Any] | None = None,
+    **params: Any,
+) -> Any:
+    """vLLM's request: 5 greedy tokens, ``prompt_embeds`` (when given) in the extra body."""
+    embeds = {} if prompt_embeds is None else {"prompt_embeds": prompt_embeds}
+    return await client.completions.create(
+        model=model_name,
+        prompt=prompt,
+        max_tokens=5,
+        temperature=0.0,
+        extra_body={**embeds, **(extra_body or {})},
+        **params,
+    )
+
+
+def assert_logprobs(logprobs: Any, logprobs_arg: int) -> None:
+    """vLLM's checks of one choice's logprobs: five tokens, each with its top alternatives."""
+    assert logprobs is not None
+    assert logprobs.text_offset is not None and len(logprobs.text_offset) == 5
+    assert logprobs.token_logprobs is not None and len(logprobs.token_logprobs) == 5
+    assert logprobs.top_logprobs is not None and len(logprobs.top_logprobs) == 5
+    for top_logprobs in logprobs.top_logprobs[1:]:
+        assert max(logprobs_arg, 1) <= len(top_logprobs) <= logprobs_arg + 1
+    assert logprobs.tokens is not None and len(logprobs.tokens) == 5
 
 
 @pytest.mark.parametrize("model_name", MODEL_NAMES)
@@ -86,49 +95,25 @@ async def test_completions_with_prompt_embeds(
     model_name: str,
 ) -> None:
     """vLLM: test_completions_with_prompt_embeds."""
+    client = client_with_prompt_embeds
     encoded_embeds, encoded_embeds2 = example_prompt_embeds
 
     # Test case: Single prompt embeds input
-    completion = await client_with_prompt_embeds.completions.create(
-        model=model_name,
-        prompt=None,
-        max_tokens=5,
-        temperature=0.0,
-        extra_body={"prompt_embeds": encoded_embeds},
-    )
+    completion = await complete(client, model_name, encoded_embeds)
     assert len(completion.choices[0].text) >= 1
     assert completion.choices[0].prompt_logprobs is None
 
     # Test case: batch completion with prompt_embeds
-    completion = await client_with_prompt_embeds.completions.create(
-        model=model_name,
-        prompt=None,
-        max_tokens=5,
-        temperature=0.0,
-        extra_body={"prompt_embeds": [encoded_embeds, encoded_embeds2]},
-    )
+    completion = await complete(client, model_name, [encoded_embeds, encoded_embeds2])
     assert len(completion.choices) == 2
     assert len(completion.choices[0].text) >= 1
     assert len(completion.choices[1].text) >= 1
 
     # Test case: streaming with prompt_embeds
-    single_completion = await client_with_prompt_embeds.completions.create(
-        model=model_name,
-        prompt=None,
-        max_tokens=5,
-        temperature=0.0,
-        extra_body={"prompt_embeds": encoded_embeds},
-    )
+    single_completion = await complete(client, model_name, encoded_embeds)
     single_output = single_completion.choices[0].text
 
-    stream = await client_with_prompt_embeds.completions.create(
-        model=model_name,
-        prompt=None,
-        max_tokens=5,
-        temperature=0.0,
-        stream=True,
-        extra_body={"prompt_embeds": encoded_embeds},
-    )
+    stream = await complete(client, model_name, encoded_embeds, stream=True)
     chunks = []
     finish_reason_count = 0
     async for chunk in stream:
@@ -141,14 +126,7 @@ async def test_completions_with_prompt_embeds(
     assert "".join(chunks) == single_output
 
     # Test case: batch streaming with prompt_embeds
-    stream = await client_with_prompt_embeds.completions.create(
-        model=model_name,
-        prompt=None,
-        max_tokens=5,
-        temperature=0.0,
-        stream=True,
-        extra_body={"prompt_embeds": [encoded_embeds, encoded_embeds2]},
-    )
+    stream = await complete(client, model_name, [encoded_embeds, encoded_embeds2], stream=True)
     chunks_stream_embeds: list[list[str]] = [[], []]
     finish_reason_count = 0
     async for chunk in stream:
@@ -162,28 +140,11 @@ async def test_completions_with_prompt_embeds(
     assert len(chunks_stream_embeds[1]) > 0
 
     # Test case: mixed text and prompt_embeds
-    completion_mixed = await client_with_prompt_embeds.completions.create(
-        model=model_name,
-        prompt="This is a prompt",
-        max_tokens=5,
-        temperature=0.0,
-        extra_body={"prompt_embeds": encoded_embeds},
-    )
+    completion_mixed = await complete(client, model_name, encoded_embeds, "This is a prompt")
     # vLLM's test asserts on the batch completion above here, not on completion_mixed.
     assert len(completion.choices) == 2
-    completion_text_only = await client_with_prompt_embeds.completions.create(
-        model=model_name,
-        prompt="This is a prompt",
-        max_tokens=5,
-        temperature=0.0,
-    )
-    completion_embeds_only = await client_with_prompt_embeds.completions.create(
-        model=model_name,
-        prompt=None,
-        max_tokens=5,
-        temperature=0.0,
-        extra_body={"prompt_embeds": encoded_embeds},
-    )
+    completion_text_only = await complete(client, model_name, prompt="This is a prompt")
+    completion_embeds_only = await complete(client, model_name, encoded_embeds)
     # Embeddings responses should be handled first
     assert completion_mixed.choices[0].text == completion_embeds_only.choices[0].text
     assert completion_mixed.choices[1].text == completion_text_only.choices[0].text
@@ -196,13 +157,7 @@ async def test_completions_errors_with_prompt_embeds(
     """vLLM: test_completions_errors_with_prompt_embeds."""
     # Test error case: invalid prompt_embeds
     with pytest.raises(BadRequestError):
-        await client_with_prompt_embeds.completions.create(
-            prompt=None,
-            model=model_name,
-            max_tokens=5,
-            temperature=0.0,
-            extra_body={"prompt_embeds": "invalid_base64"},
-        )
+        await complete(client_with_prompt_embeds, model_name, "invalid_base64")
 
 
 @pytest.mark.parametrize("logprobs_arg", [1, 0])
@@ -214,49 +169,22 @@ async def test_completions_with_logprobs_and_prompt_embeds(
     model_name: str,
 ) -> None:
     """vLLM: test_completions_with_logprobs_and_prompt_embeds."""
+    client = client_with_prompt_embeds
     encoded_embeds, encoded_embeds2 = example_prompt_embeds
 
     # Test case: Logprobs using prompt_embeds
-    completion = await client_with_prompt_embeds.completions.create(
-        model=model_name,
-        prompt=None,
-        max_tokens=5,
-        temperature=0.0,
-        echo=False,
-        logprobs=logprobs_arg,
-        extra_body={"prompt_embeds": encoded_embeds},
+    completion = await complete(
+        client, model_name, encoded_embeds, echo=False, logprobs=logprobs_arg
     )
-
-    logprobs = completion.choices[0].logprobs
-    assert logprobs is not None
-    assert logprobs.text_offset is not None and len(logprobs.text_offset) == 5
-    assert logprobs.token_logprobs is not None and len(logprobs.token_logprobs) == 5
-    assert logprobs.top_logprobs is not None and len(logprobs.top_logprobs) == 5
-    for top_logprobs in logprobs.top_logprobs[1:]:
-        assert max(logprobs_arg, 1) <= len(top_logprobs) <= logprobs_arg + 1
-    assert logprobs.tokens is not None and len(logprobs.tokens) == 5
+    assert_logprobs(completion.choices[0].logprobs, logprobs_arg)
 
     # Test case: Log probs with batch completion and prompt_embeds
-    completion = await client_with_prompt_embeds.completions.create(
-        model=model_name,
-        prompt=None,
-        max_tokens=5,
-        temperature=0.0,
-        echo=False,
-        logprobs=logprobs_arg,
-        extra_body={"prompt_embeds": [encoded_embeds, encoded_embeds2]},
+    completion = await complete(
+        client, model_name, [encoded_embeds, encoded_embeds2], echo=False, logprobs=logprobs_arg
     )
-
     assert len(completion.choices) == 2
     for choice in completion.choices:
-        logprobs = choice.logprobs
-        assert logprobs is not None
-        assert logprobs.text_offset is not None and len(logprobs.text_offset) == 5
-        assert logprobs.token_logprobs is not None and len(logprobs.token_logprobs) == 5
-        assert logprobs.top_logprobs is not None and len(logprobs.top_logprobs) == 5
-        for top_logprobs in logprobs.top_logprobs[1:]:
-            assert max(logprobs_arg, 1) <= len(top_logprobs) <= logprobs_arg + 1
-        assert logprobs.tokens is not None and len(logprobs.tokens) == 5
+        assert_logprobs(choice.logprobs, logprobs_arg)
 
 
 async def test_prompt_logprobs_raises_error(
@@ -267,12 +195,11 @@ async def test_prompt_logprobs_raises_error(
     encoded_embeds, _ = example_prompt_embeds
 
     with pytest.raises(BadRequestError, match="not compatible"):
-        await client_with_prompt_embeds.completions.create(
-            model=MODEL,
-            prompt=None,
-            max_tokens=5,
-            temperature=0.0,
-            extra_body={"prompt_embeds": encoded_embeds, "prompt_logprobs": True},
+        await complete(
+            client_with_prompt_embeds,
+            MODEL,
+            encoded_embeds,
+            extra_body={"prompt_logprobs": True},
         )
 
 
@@ -280,13 +207,7 @@ async def test_empty_prompt_embeds(
     client_with_prompt_embeds: openai.AsyncOpenAI,
 ) -> None:
     """vLLM: test_empty_prompt_embeds (an empty list is no embeds; the text prompt runs)."""
-    await client_with_prompt_embeds.completions.create(
-        model=MODEL,
-        prompt="Hello",
-        max_tokens=5,
-        temperature=0.0,
-        extra_body={"prompt_embeds": []},
-    )
+    await complete(client_with_prompt_embeds, MODEL, [], "Hello")
 
 
 async def test_completion_suffix_rejects_prompt_embeds(

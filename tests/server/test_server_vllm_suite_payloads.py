@@ -36,6 +36,7 @@ import httpx
 import pytest
 import torch
 from server_harness import ServerProcess
+from vllm_suite import encode_embeds
 
 from archive_payloads import b64, torch_save
 from conftest import MODEL, Embedder
@@ -92,11 +93,6 @@ def hidden(embedder: Embedder) -> int:
 
 
 # ---- payloads, as vLLM's tests build them ---------------------------------------------------
-
-
-def _encode_tensor(tensor: torch.Tensor) -> str:
-    """vLLM's helper: base64 of ``torch.save(tensor)``."""
-    return b64(torch_save(tensor))
 
 
 def _sparse_coo(indices: list[list[int]], values: list[float], shape: tuple[int, ...]) -> Any:
@@ -215,13 +211,13 @@ def test_load_prompt_embeds(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sparse CSR / CSC are beta
         tensor = LAYOUTS[layout](tensor)
-    same_as_dense(client, _encode_tensor(tensor), tensor.to("cpu").to_dense())
+    same_as_dense(client, encode_embeds(tensor), tensor.to("cpu").to_dense())
 
 
 def test_disable_prompt_embeds(plain_client: httpx.Client) -> None:
     """vLLM test_prompt_validation.py: test_disable_prompt_embeds (float32, 2 x 2)."""
     tensor = torch.randn((2, 2), dtype=torch.float32)
-    refused(complete(plain_client, _encode_tensor(tensor)), "--enable-prompt-embeds")
+    refused(complete(plain_client, encode_embeds(tensor)), "--enable-prompt-embeds")
 
 
 # ---- test_sparse_tensor_validation.py: TestPromptEmbedsValidation ---------------------------
@@ -230,19 +226,19 @@ def test_disable_prompt_embeds(plain_client: httpx.Client) -> None:
 def test_valid_dense_tensor_accepted(client: httpx.Client, hidden: int) -> None:
     """vLLM TestPromptEmbedsValidation: test_valid_dense_tensor_accepted."""
     valid_tensor = _create_valid_dense_tensor(hidden)
-    loaded(complete(client, _encode_tensor(valid_tensor)), valid_tensor.shape[0])
+    loaded(complete(client, encode_embeds(valid_tensor)), valid_tensor.shape[0])
 
 
 def test_valid_sparse_tensor_accepted(client: httpx.Client, hidden: int) -> None:
     """vLLM TestPromptEmbedsValidation: test_valid_sparse_tensor_accepted (vLLM loads it with
     its image-embeds loader; here it is a prompt_embeds payload)."""
     valid_sparse = _create_valid_sparse_tensor(hidden)
-    loaded(complete(client, _encode_tensor(valid_sparse)), valid_sparse.shape[0])
+    loaded(complete(client, encode_embeds(valid_sparse)), valid_sparse.shape[0])
 
 
 def test_malicious_sparse_tensor_rejected(client: httpx.Client, hidden: int) -> None:
     """vLLM TestPromptEmbedsValidation: test_malicious_sparse_tensor_rejected."""
-    error = refused(complete(client, _encode_tensor(_create_malicious_sparse_tensor(hidden))))
+    error = refused(complete(client, encode_embeds(_create_malicious_sparse_tensor(hidden))))
     error_msg = error["message"].lower()
     assert "sparse" in error_msg or "index" in error_msg or "bounds" in error_msg
 
@@ -250,39 +246,39 @@ def test_malicious_sparse_tensor_rejected(client: httpx.Client, hidden: int) -> 
 def test_extremely_large_indices_rejected(client: httpx.Client, hidden: int) -> None:
     """vLLM TestPromptEmbedsValidation: test_extremely_large_indices_rejected."""
     malicious_tensor = _sparse_coo([[999999], [999999]], [1.0], (10, hidden))
-    refused(complete(client, _encode_tensor(malicious_tensor)))
+    refused(complete(client, encode_embeds(malicious_tensor)))
 
 
 def test_negative_indices_rejected(client: httpx.Client, hidden: int) -> None:
     """vLLM TestPromptEmbedsValidation: test_negative_indices_rejected."""
     malicious_tensor = _sparse_coo([[-1], [-1]], [1.0], (10, hidden))
-    refused(complete(client, _encode_tensor(malicious_tensor)))
+    refused(complete(client, encode_embeds(malicious_tensor)))
 
 
 def test_hidden_size_mismatch_rejected(client: httpx.Client, hidden: int) -> None:
     """vLLM TestPromptEmbedsValidation: test_hidden_size_mismatch_rejected (512 for 768;
     here half the width)."""
     wrong_hidden = torch.randn(10, hidden // 2, dtype=torch.float32)
-    refused(complete(client, _encode_tensor(wrong_hidden)), "hidden_size")
+    refused(complete(client, encode_embeds(wrong_hidden)), "hidden_size")
 
 
 def test_float_dtype_mismatch_cast_to_model_dtype(client: httpx.Client, hidden: int) -> None:
     """vLLM TestPromptEmbedsValidation: test_float_dtype_mismatch_cast_to_model_dtype (a
     bfloat16 upload to a float32 model is cast: same shape, the values' float32 output)."""
     mismatched_float = torch.randn(10, hidden, dtype=torch.bfloat16)
-    same_as_dense(client, _encode_tensor(mismatched_float), mismatched_float)
+    same_as_dense(client, encode_embeds(mismatched_float), mismatched_float)
 
 
 def test_non_float_dtype_rejected(client: httpx.Client, hidden: int) -> None:
     """vLLM TestPromptEmbedsValidation: test_non_float_dtype_rejected (int32)."""
     non_float = torch.randint(0, 100, (10, hidden), dtype=torch.int32)
-    refused(complete(client, _encode_tensor(non_float)), "floating-point")
+    refused(complete(client, encode_embeds(non_float)), "floating-point")
 
 
 def test_non_2d_tensor_rejected(client: httpx.Client, hidden: int) -> None:
     """vLLM TestPromptEmbedsValidation: test_non_2d_tensor_rejected (1-D)."""
     bad = torch.randn(hidden, dtype=torch.float32)
-    refused(complete(client, _encode_tensor(bad)), "2D tensor")
+    refused(complete(client, encode_embeds(bad)), "2D tensor")
 
 
 def test_non_tensor_payload_rejected(client: httpx.Client) -> None:
@@ -293,7 +289,7 @@ def test_non_tensor_payload_rejected(client: httpx.Client) -> None:
 
 def test_attack_scenario_completions_api(client: httpx.Client, hidden: int) -> None:
     """vLLM TestSparseTensorValidationIntegration: test_attack_scenario_completions_api."""
-    attack_payload = _encode_tensor(_create_malicious_sparse_tensor(hidden))
+    attack_payload = encode_embeds(_create_malicious_sparse_tensor(hidden))
     refused(complete(client, attack_payload))
 
 
@@ -310,7 +306,7 @@ def test_oversized_sparse_tensor_rejected(client: httpx.Client, hidden: int) -> 
     ``prompt_embeds`` and its limit in bytes (pe's limit is the --max-embeds-bytes flag).
     """
     oversized = _create_oversized_sparse_tensor((1024, hidden))
-    error = refused(complete(client, _encode_tensor(oversized)), "prompt_embeds")
+    error = refused(complete(client, encode_embeds(oversized)), "prompt_embeds")
     assert str(LIMIT_BYTES) in error["message"]
     assert error["param"] == "prompt_embeds"
 
@@ -320,21 +316,21 @@ def test_default_limit_would_reject_the_real_payload(client: httpx.Client) -> No
     shipped default is below the bomb's dense size; the bomb itself is refused)."""
     dense_bytes = BOMB_SHAPE[0] * BOMB_SHAPE[1] * 4
     assert dense_bytes > ServerConfig.model_fields["max_embeds_bytes"].default > 0
-    refused(complete(client, _encode_tensor(_create_oversized_sparse_tensor(BOMB_SHAPE))))
+    refused(complete(client, encode_embeds(_create_oversized_sparse_tensor(BOMB_SHAPE))))
 
 
 def test_attack_payload_is_tiny(client: httpx.Client) -> None:
     """vLLM TestEmbeddingDecodeSizeLimit: test_attack_payload_is_tiny (amplification, not an
     upload: the bomb is under 4096 characters and the server refuses it)."""
-    payload = _encode_tensor(_create_oversized_sparse_tensor(BOMB_SHAPE))
+    payload = encode_embeds(_create_oversized_sparse_tensor(BOMB_SHAPE))
     assert len(payload) < 4096
     refused(complete(client, payload))
 
 
 def test_valid_tensors_still_densify(client: httpx.Client, hidden: int) -> None:
     """vLLM TestEmbeddingDecodeSizeLimit: test_valid_tensors_still_densify."""
-    loaded(complete(client, _encode_tensor(_create_valid_dense_tensor(hidden))), 10)
-    loaded(complete(client, _encode_tensor(_create_valid_sparse_tensor(hidden))), 3)
+    loaded(complete(client, encode_embeds(_create_valid_dense_tensor(hidden))), 10)
+    loaded(complete(client, encode_embeds(_create_valid_sparse_tensor(hidden))), 3)
 
 
 def test_limit_is_configurable(client: httpx.Client, hidden: int) -> None:
@@ -342,10 +338,10 @@ def test_limit_is_configurable(client: httpx.Client, hidden: int) -> None:
     limit densifies, one row more does not)."""
     rows_at_limit = LIMIT_BYTES // (hidden * 4)
     at_limit = _create_oversized_sparse_tensor((rows_at_limit, hidden))
-    loaded(complete(client, _encode_tensor(at_limit), max_tokens=1), rows_at_limit)
+    loaded(complete(client, encode_embeds(at_limit), max_tokens=1), rows_at_limit)
 
     over_limit = _create_oversized_sparse_tensor((rows_at_limit + 1, hidden))
-    refused(complete(client, _encode_tensor(over_limit), max_tokens=1))
+    refused(complete(client, encode_embeds(over_limit), max_tokens=1))
 
 
 def test_limit_can_be_disabled() -> None:
@@ -415,7 +411,7 @@ def test_a_payload_that_is_not_base64_is_still_a_client_error(client: httpx.Clie
 
 def test_malicious_sparse_rejected_by_prompt_loader(client: httpx.Client, hidden: int) -> None:
     """vLLM TestNegativeControlWithoutRace: test_malicious_sparse_rejected_by_prompt_loader."""
-    refused(complete(client, _encode_tensor(_create_malicious_sparse_tensor(hidden))))
+    refused(complete(client, encode_embeds(_create_malicious_sparse_tensor(hidden))))
 
 
 def test_forced_interleaving_still_rejects_invalid(client: httpx.Client, hidden: int) -> None:
@@ -425,8 +421,8 @@ def test_forced_interleaving_still_rejects_invalid(client: httpx.Client, hidden:
     the two requests are released together and each still gets its own answer.
     """
     barrier = threading.Barrier(2, timeout=5)
-    valid_encoded = _encode_tensor(_create_valid_dense_tensor(hidden, seq_len=4))
-    malicious_encoded = _encode_tensor(_create_malicious_sparse_tensor(hidden))
+    valid_encoded = encode_embeds(_create_valid_dense_tensor(hidden, seq_len=4))
+    malicious_encoded = encode_embeds(_create_malicious_sparse_tensor(hidden))
 
     def send(payload: str) -> httpx.Response:
         barrier.wait()
@@ -439,7 +435,7 @@ def test_forced_interleaving_still_rejects_invalid(client: httpx.Client, hidden:
 
 def test_concurrent_loads_all_reject_invalid(client: httpx.Client, hidden: int) -> None:
     """vLLM TestConcurrentRaceProtection: test_concurrent_loads_all_reject_invalid."""
-    malicious_encoded = _encode_tensor(_create_malicious_sparse_tensor(hidden))
+    malicious_encoded = encode_embeds(_create_malicious_sparse_tensor(hidden))
     num_workers = 4
     responses = in_parallel([lambda: complete(client, malicious_encoded)] * num_workers)
     assert [r.status_code for r in responses] == [400] * num_workers
@@ -447,7 +443,7 @@ def test_concurrent_loads_all_reject_invalid(client: httpx.Client, hidden: int) 
 
 def test_concurrent_valid_loads_succeed(client: httpx.Client, hidden: int) -> None:
     """vLLM TestConcurrentRaceProtection: test_concurrent_valid_loads_succeed."""
-    valid_encoded = _encode_tensor(_create_valid_dense_tensor(hidden, seq_len=4))
+    valid_encoded = encode_embeds(_create_valid_dense_tensor(hidden, seq_len=4))
     num_workers = 4
     for response in in_parallel([lambda: complete(client, valid_encoded)] * num_workers):
         loaded(response, 4)
@@ -456,24 +452,24 @@ def test_concurrent_valid_loads_succeed(client: httpx.Client, hidden: int) -> No
 # vLLM's TestGlobalFlagRestoration checks torch's process-wide invariant flag is restored; pe
 # keeps no such flag, so what is checked is what a leak would break: the next answers.
 def still_answers_alike(client: httpx.Client, hidden: int) -> None:
-    loaded(complete(client, _encode_tensor(_create_valid_dense_tensor(hidden, seq_len=4))), 4)
-    refused(complete(client, _encode_tensor(_create_malicious_sparse_tensor(hidden))))
+    loaded(complete(client, encode_embeds(_create_valid_dense_tensor(hidden, seq_len=4))), 4)
+    refused(complete(client, encode_embeds(_create_malicious_sparse_tensor(hidden))))
 
 
 def test_flag_restored_after_success(client: httpx.Client, hidden: int) -> None:
     """vLLM TestGlobalFlagRestoration: test_flag_restored_after_success."""
-    loaded(complete(client, _encode_tensor(_create_valid_dense_tensor(hidden, seq_len=4))), 4)
+    loaded(complete(client, encode_embeds(_create_valid_dense_tensor(hidden, seq_len=4))), 4)
     still_answers_alike(client, hidden)
 
 
 def test_flag_restored_after_exception(client: httpx.Client, hidden: int) -> None:
     """vLLM TestGlobalFlagRestoration: test_flag_restored_after_exception."""
-    refused(complete(client, _encode_tensor(_create_malicious_sparse_tensor(hidden))))
+    refused(complete(client, encode_embeds(_create_malicious_sparse_tensor(hidden))))
     still_answers_alike(client, hidden)
 
 
 def test_flag_restored_after_concurrent_exceptions(client: httpx.Client, hidden: int) -> None:
     """vLLM TestGlobalFlagRestoration: test_flag_restored_after_concurrent_exceptions."""
-    malicious_encoded = _encode_tensor(_create_malicious_sparse_tensor(hidden))
+    malicious_encoded = encode_embeds(_create_malicious_sparse_tensor(hidden))
     in_parallel([lambda: complete(client, malicious_encoded)] * 4)
     still_answers_alike(client, hidden)
