@@ -150,6 +150,10 @@ class OutputAccumulator:
         self._branches: dict[int, _BranchTotals] = {}
 
     @property
+    def has_output(self) -> bool:
+        return self._last is not None
+
+    @property
     def finished(self) -> bool:
         return self._last is not None and self._last.finished
 

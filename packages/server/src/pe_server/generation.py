@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pe_common.errors import PEValidationError
+from pe_engine.outputs import OutputAccumulator
 from pe_server.backends.base import Backend, EngineDeadError
 from pe_server.errors import APIError
 from pe_server.metrics import ServerMetrics
@@ -36,7 +37,9 @@ class Timing:
 class Generation:
     """The engine requests of one HTTP request (one per prompt), merged into one stream.
 
-    Use as ``async with Generation(...) as gen: async for i, out in gen.outputs(): ...``.
+    Use as ``async with Generation(...) as gen: async for i, delta in gen.outputs(): ...``;
+    every delta is also folded into its prompt's totals (:meth:`totals`: usage, and the
+    whole answer of a non-streaming request).
     Leaving the block for any reason (finished, client gone, slow reader, error) aborts every
     engine request that has not finished, so its KV blocks are freed at once.
     """
@@ -60,6 +63,7 @@ class Generation:
         self.request_ids = [f"{request_id}-{i}" for i in range(len(self._prompts))]
         self._unfinished = set(self.request_ids)
         self._timing = [Timing() for _ in self._prompts]
+        self._totals = [OutputAccumulator() for _ in self._prompts]
         self._queue: asyncio.Queue[tuple[int, RequestOutput | BaseException | None]]
         self._queue = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
@@ -102,7 +106,7 @@ class Generation:
             await self._queue.put((index, exc))
 
     async def outputs(self) -> AsyncIterator[tuple[int, RequestOutput]]:
-        """(prompt index, cumulative output) in arrival order until every prompt finished."""
+        """(prompt index, delta) in arrival order until every prompt finished."""
         if not self._tasks:
             async for output in self._only_prompt():
                 yield 0, output
@@ -131,21 +135,25 @@ class Generation:
         self._unfinished.discard(rid)
 
     async def final_outputs(self) -> list[RequestOutput]:
-        """The last output of every prompt, in prompt order."""
-        finals: list[RequestOutput | None] = [None] * len(self._prompts)
-        async for index, output in self.outputs():
-            finals[index] = output
-        assert all(f is not None for f in finals)
-        return [f for f in finals if f is not None]
+        """Runs every prompt to the end; their totals, in prompt order."""
+        async for _ in self.outputs():
+            pass
+        return self.totals()
+
+    def totals(self) -> list[RequestOutput]:
+        """The totals (cumulative outputs) of the prompts that produced output, in prompt
+        order; after :meth:`outputs` ended, every prompt's final output."""
+        return [total.result() for total in self._totals if total.has_output]
 
     def _observe(self, index: int, output: RequestOutput) -> None:
+        total = self._totals[index]
+        total.add(output)
         timing = self._timing[index]
-        num_tokens = sum(len(c.token_ids) for c in output.outputs)
         now = time.perf_counter()
-        if timing.first_token is None and num_tokens > 0:
+        timing.num_tokens += sum(len(c.token_ids) for c in output.outputs)
+        if timing.first_token is None and timing.num_tokens > 0:
             timing.first_token = now
             self._metrics.ttft.observe(now - timing.start)
-        timing.num_tokens = num_tokens
         if output.finished:
             self._record_finished(timing, output, now)
 

@@ -9,18 +9,9 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     import torch
 
-    from pe_engine.outputs import CompletionOutput, RequestOutput
+    from pe_engine.outputs import RequestOutput
     from pe_engine.prompt import Prompt
     from pe_engine.sampling_params import SamplingParams
-
-
-def snapshot(out: CompletionOutput) -> CompletionOutput:
-    """A copy of a branch's output that later appends to the original do not change (backends
-    that build outputs incrementally yield snapshots: the protocol's outputs are cumulative)."""
-    from dataclasses import replace
-
-    logprobs = None if out.logprobs is None else list(out.logprobs)
-    return replace(out, token_ids=list(out.token_ids), logprobs=logprobs)
 
 
 class EngineDeadError(RuntimeError):
@@ -56,10 +47,16 @@ class Backend(Protocol):
     Lifecycle: ``await start()`` once (loads the model; may take long), then any number of
     concurrent ``generate`` calls from the event loop, then ``await shutdown()``.
 
-    ``generate(prompt, params, request_id)`` is an async iterator of *cumulative*
-    ``RequestOutput`` objects: each carries, for every one of the ``params.n`` branches, the
-    full text and token ids so far; the last one has ``finished=True``. Embeds rows count as
-    prompt tokens (``num_prompt_tokens``). If the consumer stops iterating early (client gone),
+    ``generate(prompt, params, request_id)`` is an async iterator of *delta* ``RequestOutput``
+    objects (``kind=RequestOutputKind.DELTA``), as pe-engine emits them: each lists the
+    branches (of ``params.n``) not finished before it, with only the text, token ids and
+    logprobs new since the previous output (possibly none) and the running
+    ``cumulative_logprob``; a branch's last delta has its ``finish_reason`` and
+    ``stop_reason``; ``prompt_logprobs`` comes with the first output only; the last output has
+    ``finished=True``. With ``best_of > n`` one output comes, at the end, holding the chosen
+    branches' totals. ``pe_engine.outputs.OutputAccumulator`` folds them into totals. Nothing
+    per output may grow with the output so far. Embeds rows count as prompt tokens
+    (``num_prompt_tokens``). If the consumer stops iterating early (client gone),
     the caller calls ``abort(request_id)``, which must free the request's resources promptly
     and be harmless for unknown or finished ids. A backend whose engine died raises
     :class:`EngineDeadError` from ``generate`` (in flight and new) and reports

@@ -92,13 +92,9 @@ class NativeBackend:
     ) -> AsyncGenerator[RequestOutput, None]:
         if not self.is_healthy:
             raise EngineDeadError("engine not running")
-        from pe_engine.outputs import OutputAccumulator
-
-        totals = OutputAccumulator()
         try:
             async for output in self.engine.generate(prompt, params, request_id):
-                totals.add(output)
-                yield _cumulative_copy(totals.result())
+                yield output
         except (PEValidationError, asyncio.CancelledError):
             raise
         except Exception as exc:
@@ -122,11 +118,3 @@ class NativeBackend:
             prefix_cache_hits=s["prefix_cache_hits"],
             prefix_cache_queries=s["prefix_cache_queries"],
         )
-
-
-def _cumulative_copy(output: RequestOutput) -> RequestOutput:
-    from dataclasses import replace
-
-    from pe_server.backends.base import snapshot
-
-    return replace(output, outputs=[snapshot(o) for o in output.outputs])

@@ -3,7 +3,7 @@
 One request at a time (an asyncio lock), each run in a worker thread as a token-by-token loop
 over the HF model's forward with its KV cache: the prompt goes in as ``inputs_embeds`` (token
 rows from the model's own embedding table, embeds rows spliced in), then one token per step.
-Slow and simple on purpose; outputs are streamed as cumulative ``RequestOutput`` objects.
+Slow and simple on purpose; outputs are streamed as per-step deltas, as the native engine's.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any
 import torch
 
 from pe_engine.model.eos import eos_token_ids
-from pe_engine.outputs import CompletionOutput, Logprob, RequestOutput
+from pe_engine.outputs import CompletionOutput, Logprob, RequestOutput, RequestOutputKind
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams
-from pe_server.backends.base import BackendStats, EngineDeadError, ModelInfo, snapshot
+from pe_server.backends.base import BackendStats, EngineDeadError, ModelInfo
 from pe_server.backends.reference_sampling import StepSampler
 from pe_server.config import ServerConfig
 
@@ -199,6 +199,10 @@ class ReferenceRun:
             )
             for i in range(params.n)
         ]
+        # Per branch: characters, tokens and logprobs already sent, and whether it is done.
+        self.sent = [[0, 0, 0] for _ in self.outputs]
+        self.is_sent_done = [False for _ in self.outputs]
+        self.prompt_token_ids = list(prompt.token_ids)  # one list, shared by every output
 
     def run(self) -> None:
         prompt_embeds = self._prompt_embeds()
@@ -254,18 +258,39 @@ class ReferenceRun:
             out.cumulative_logprob = (out.cumulative_logprob or 0.0) + step[token_id].logprob
 
     def _emit(self, finished: bool) -> None:
-        for out in self.outputs:
-            if out.finish_reason is None:
+        """The delta of every branch not done: what it added since the previous output."""
+        deltas = []
+        for branch, out in enumerate(self.outputs):
+            if self.is_sent_done[branch]:
+                continue
+            if out.finish_reason is None and out.token_ids:
                 out.text = StepSampler.stream_text(self.tokenizer, out.token_ids, self.params)
+            deltas.append(self._delta(branch, out))
         self.emit(
             RequestOutput(
                 request_id=self.request_id,
                 prompt=self.prompt.text,
-                prompt_token_ids=list(self.prompt.token_ids),
-                outputs=[snapshot(o) for o in self.outputs],
+                prompt_token_ids=self.prompt_token_ids,
+                outputs=deltas,
                 finished=finished,
                 metrics=None,
                 num_prompt_tokens=len(self.prompt.token_ids),
                 num_cached_tokens=0,
+                kind=RequestOutputKind.DELTA,
             )
+        )
+
+    def _delta(self, branch: int, out: CompletionOutput) -> CompletionOutput:
+        num_chars, num_tokens, num_steps = self.sent[branch]
+        logprobs = None if out.logprobs is None else out.logprobs[num_steps:]
+        self.sent[branch] = [len(out.text), len(out.token_ids), num_steps + len(logprobs or [])]
+        self.is_sent_done[branch] = out.finish_reason is not None
+        return CompletionOutput(
+            index=out.index,
+            text=out.text[num_chars:],
+            token_ids=out.token_ids[num_tokens:],
+            cumulative_logprob=out.cumulative_logprob,
+            logprobs=logprobs,
+            finish_reason=out.finish_reason,
+            stop_reason=out.stop_reason,
         )

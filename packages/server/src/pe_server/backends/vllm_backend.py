@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from pe_engine.outputs import CompletionOutput, Logprob, RequestOutput
+from pe_engine.outputs import CompletionOutput, Logprob, RequestOutput, RequestOutputKind
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams
 from pe_server.backends.base import BackendStats, EngineDeadError, ModelInfo
@@ -128,7 +128,7 @@ class VllmBackend:
             raise EngineDeadError("engine not running")
         check_vllm_request(prompt, params)
         vllm_params = to_vllm_params(params)
-        merger = OutputMerger(request_id, prompt, params.n)
+        merger = OutputMerger(request_id, prompt, params)
         self._num_running += 1
         try:
             async for output in self.engine.generate(
@@ -171,8 +171,8 @@ def engine_inputs(prompt: Prompt) -> dict[str, Any]:
 
 
 def to_vllm_params(params: SamplingParams) -> Any:
-    """pe's SamplingParams as vLLM's (same names, same meaning), cumulative outputs."""
-    from vllm.sampling_params import RequestOutputKind
+    """pe's SamplingParams as vLLM's (same names, same meaning), delta outputs."""
+    from vllm.sampling_params import RequestOutputKind as VllmOutputKind
 
     from vllm import SamplingParams as VllmSamplingParams
 
@@ -195,30 +195,53 @@ def to_vllm_params(params: SamplingParams) -> Any:
         prompt_logprobs=params.prompt_logprobs,
         skip_special_tokens=params.skip_special_tokens,
         include_stop_str_in_output=params.include_stop_str_in_output,
-        output_kind=RequestOutputKind.CUMULATIVE,
+        output_kind=VllmOutputKind.DELTA,
     )
 
 
 class OutputMerger:
-    """vLLM ``RequestOutput`` objects -> pe's cumulative ones (every branch, every time)."""
+    """vLLM's delta ``RequestOutput`` objects (one branch each when n > 1) -> pe's deltas,
+    shaped as pe-engine's: every branch not done, with nothing new where vLLM did not report
+    it this time."""
 
-    def __init__(self, request_id: str, prompt: Prompt, n: int) -> None:
+    def __init__(self, request_id: str, prompt: Prompt, params: SamplingParams) -> None:
         self.request_id = request_id
         self.prompt = prompt
-        self.outputs = [CompletionOutput(index=i, text="", token_ids=[]) for i in range(n)]
+        self.prompt_token_ids = None if prompt.is_pure_embeds else list(prompt.token_ids)
+        self.wants_logprobs = params.logprobs is not None
+        self.is_done = [False] * params.n
+        self.cumulative_logprobs: list[float | None] = [None] * params.n
 
     def add(self, output: Any) -> RequestOutput:
-        for completion in output.outputs:
-            self.outputs[completion.index] = to_pe_completion(completion)
+        reported = {int(c.index): c for c in output.outputs}
+        deltas = []
+        for index, is_done in enumerate(self.is_done):
+            if is_done:
+                continue
+            completion = reported.get(index)
+            delta = self._empty(index) if completion is None else to_pe_completion(completion)
+            self.is_done[index] = delta.finish_reason is not None
+            self.cumulative_logprobs[index] = delta.cumulative_logprob
+            deltas.append(delta)
         return RequestOutput(
             request_id=self.request_id,
             prompt=self.prompt.text,
-            prompt_token_ids=None if self.prompt.is_pure_embeds else list(self.prompt.token_ids),
-            outputs=list(self.outputs),
+            prompt_token_ids=self.prompt_token_ids,
+            outputs=deltas,
             finished=bool(output.finished),
             metrics=None,
             num_prompt_tokens=self.prompt.num_tokens,
             num_cached_tokens=int(getattr(output, "num_cached_tokens", None) or 0),
+            kind=RequestOutputKind.DELTA,
+        )
+
+    def _empty(self, index: int) -> CompletionOutput:
+        return CompletionOutput(
+            index=index,
+            text="",
+            token_ids=[],
+            cumulative_logprob=self.cumulative_logprobs[index],
+            logprobs=[] if self.wants_logprobs else None,
         )
 
 

@@ -4,7 +4,7 @@ pe parses, validates and decodes the request, renders chat templates and builds 
 itself; the upstream only ever receives ``/v1/completions`` requests: token ids for text-only
 prompts, or one full-length ``prompt_embeds`` tensor (the model's embedding rows with the
 user's rows spliced in) in vLLM's base64 ``torch.save`` format. The answer is always streamed
-from the upstream and turned back into cumulative outputs, so pe's own streaming, usage and
+from the upstream and its chunks turned into pe's deltas, so pe's own streaming, usage and
 logprobs formatting apply. Upstream errors keep their HTTP status.
 """
 
@@ -20,11 +20,11 @@ import aiohttp
 import torch
 
 from pe_common.codec import encode_prompt_embeds
-from pe_engine.outputs import CompletionOutput, Logprob, RequestOutput
+from pe_engine.outputs import CompletionOutput, Logprob, RequestOutput, RequestOutputKind
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams
 from pe_server.backends import BackendUnavailableError
-from pe_server.backends.base import BackendStats, EngineDeadError, ModelInfo, snapshot
+from pe_server.backends.base import BackendStats, EngineDeadError, ModelInfo
 from pe_server.backends.embedding_table import EmbeddingTable
 from pe_server.backends.hf_model import load_model_files
 from pe_server.backends.vllm_limits import check_vllm_request
@@ -227,60 +227,63 @@ async def sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, An
 
 
 class StreamMerger:
-    """Upstream completion chunks -> pe's cumulative ``RequestOutput`` objects."""
+    """Upstream completion chunks (already deltas) -> pe's delta ``RequestOutput`` objects,
+    shaped as pe-engine's: every branch not done, with nothing new where the chunk has no
+    choice for it."""
 
     def __init__(self, request_id: str, prompt: Prompt, params: SamplingParams) -> None:
         self.request_id = request_id
         self.prompt = prompt
-        wants_logprobs = params.logprobs is not None
-        self.outputs = [
-            CompletionOutput(
-                index=i,
-                text="",
-                token_ids=[],
-                cumulative_logprob=0.0 if wants_logprobs else None,
-                logprobs=[] if wants_logprobs else None,
-            )
-            for i in range(params.n)
-        ]
+        self.prompt_token_ids = None if prompt.is_pure_embeds else list(prompt.token_ids)
+        self.wants_logprobs = params.logprobs is not None
+        self.is_done = [False] * params.n
+        self.cumulative_logprobs = [0.0 if self.wants_logprobs else None] * params.n
 
     @property
     def finished(self) -> bool:
-        return all(out.finish_reason is not None for out in self.outputs)
+        return all(self.is_done)
 
     def add(self, chunk: dict[str, Any]) -> RequestOutput | None:
         choices = chunk.get("choices") or []
-        for choice in choices:
-            self._add_choice(choice)
         if not choices:
             return None
+        reported = {int(choice["index"]): choice for choice in choices}
+        deltas = []
+        for index, is_done in enumerate(self.is_done):
+            if not is_done:
+                deltas.append(self._delta(index, reported.get(index) or {}))
         return RequestOutput(
             request_id=self.request_id,
             prompt=self.prompt.text,
-            prompt_token_ids=None if self.prompt.is_pure_embeds else list(self.prompt.token_ids),
-            outputs=[snapshot(out) for out in self.outputs],
+            prompt_token_ids=self.prompt_token_ids,
+            outputs=deltas,
             finished=self.finished,
             metrics=None,
             num_prompt_tokens=self.prompt.num_tokens,
+            kind=RequestOutputKind.DELTA,
         )
 
-    def _add_choice(self, choice: dict[str, Any]) -> None:
-        out = self.outputs[int(choice["index"])]
-        out.text += choice.get("text") or ""
+    def _delta(self, index: int, choice: dict[str, Any]) -> CompletionOutput:
         new_ids = [int(t) for t in choice.get("token_ids") or []]
-        out.token_ids.extend(new_ids)
+        steps: list[dict[int, Logprob]] | None = [] if self.wants_logprobs else None
         logprobs = choice.get("logprobs")
-        if out.logprobs is not None and logprobs:
+        if steps is not None and logprobs:
             steps = parse_logprobs(logprobs)
-            out.logprobs.extend(steps)
             for token_id, step in zip(new_ids, steps, strict=False):
                 if token_id in step:
-                    out.cumulative_logprob = (out.cumulative_logprob or 0.0) + step[
-                        token_id
-                    ].logprob
-        if choice.get("finish_reason") is not None:
-            out.finish_reason = choice["finish_reason"]
-            out.stop_reason = choice.get("stop_reason")
+                    total = self.cumulative_logprobs[index] or 0.0
+                    self.cumulative_logprobs[index] = total + step[token_id].logprob
+        finish_reason = choice.get("finish_reason")
+        self.is_done[index] = finish_reason is not None
+        return CompletionOutput(
+            index=index,
+            text=choice.get("text") or "",
+            token_ids=new_ids,
+            cumulative_logprob=self.cumulative_logprobs[index],
+            logprobs=steps,
+            finish_reason=finish_reason,
+            stop_reason=choice.get("stop_reason") if finish_reason is not None else None,
+        )
 
 
 def parse_logprobs(logprobs: dict[str, Any]) -> list[dict[int, Logprob]]:

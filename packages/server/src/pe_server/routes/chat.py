@@ -28,7 +28,7 @@ from pe_server.negotiation import struct_response
 from pe_server.request_builder import ChatOptions, PromptBuilder, check_context
 from pe_server.routes.chat_messages import ChatInput, collect_chat_input
 from pe_server.routes.intake import check_model, decode_body
-from pe_server.routes.streaming import StreamSession
+from pe_server.routes.streaming import PendingChunk, StreamSession
 from pe_server.routes.usage import make_usage
 from pe_server.sampling import build_sampling_params
 from pe_server.state import GENERATION, REQUEST_ID, STATE, ServerState
@@ -154,16 +154,15 @@ def prompt_ids(job: ChatJob) -> list[int] | None:
 async def stream_chat(request: web.Request, state: ServerState, job: ChatJob) -> web.StreamResponse:
     session = StreamSession(request, state)
     include_usage = bool(job.req.stream_options and job.req.stream_options.include_usage)
-    sent: dict[int, tuple[int, int]] = {}
+    branches: dict[int, PendingChunk] = {}
     async with session.generation(job.response_id, [job.prompt], job.params) as gen:
-        final = None
         async for _, output in session.outputs(gen):
-            final = output
             for out in output.outputs:
-                for chunk in chat_chunks(state, job, out, sent):
+                for chunk in chat_chunks(state, job, out, branches):
                     await session.send(encode_json(chunk))
-        if session.is_ok and include_usage and final is not None:
-            await session.send(encode_json(make_chunk(job, [], usage=make_usage([final]))))
+        totals = gen.totals()
+        if session.is_ok and include_usage and totals:
+            await session.send(encode_json(make_chunk(job, [], usage=make_usage(totals))))
     return await session.finish()
 
 
@@ -176,37 +175,32 @@ def make_chunk(
 
 
 def chat_chunks(
-    state: ServerState, job: ChatJob, out: CompletionOutput, sent: dict[int, tuple[int, int]]
+    state: ServerState, job: ChatJob, out: CompletionOutput, branches: dict[int, PendingChunk]
 ) -> list[ChatCompletionStreamResponse]:
     """The role chunk (first time), then the new content with its finish reason, if any."""
     chunks = []
-    if out.index not in sent:
-        sent[out.index] = (0, 0)
+    if out.index not in branches:
+        branches[out.index] = PendingChunk()
         role = DeltaMessage(role="assistant", content="")
         chunks.append(make_chunk(job, [ChatCompletionChunkChoice(index=out.index, delta=role)]))
-    num_chars, num_tokens = sent[out.index]
-    if num_tokens < 0:
+    pending = branches[out.index]
+    if pending.is_done:
         return chunks
-    delta = out.text[num_chars:]
-    finished = out.finish_reason is not None
-    if not delta and not finished:
+    pending.add(out)
+    if not pending.text and not pending.is_finished:
         return chunks
+    finish_reason, stop_reason = pending.finish_reason, pending.stop_reason
+    text, new_ids, steps = pending.take()
     logprobs = None
-    if job.params.logprobs is not None and out.logprobs is not None:
-        logprobs = chat_logprobs(
-            out.token_ids[num_tokens:],
-            out.logprobs[num_tokens:],
-            job.params.logprobs,
-            state.backend.tokenizer,
-        )
-    sent[out.index] = (-1, -1) if finished else (len(out.text), len(out.token_ids))
+    if job.params.logprobs is not None and steps is not None:
+        logprobs = chat_logprobs(new_ids, steps, job.params.logprobs, state.backend.tokenizer)
     choice = ChatCompletionChunkChoice(
         index=out.index,
-        delta=DeltaMessage(content=delta) if delta else DeltaMessage(),
+        delta=DeltaMessage(content=text) if text else DeltaMessage(),
         logprobs=logprobs,
-        finish_reason=out.finish_reason,
-        stop_reason=out.stop_reason,
-        token_ids=list(out.token_ids[num_tokens:]) if job.req.return_token_ids else None,
+        finish_reason=finish_reason,
+        stop_reason=stop_reason,
+        token_ids=new_ids if job.req.return_token_ids else None,
     )
     chunks.append(make_chunk(job, [choice]))
     return chunks

@@ -25,7 +25,7 @@ from pe_server.logprobs import completion_logprobs, wire_prompt_logprobs
 from pe_server.negotiation import struct_response
 from pe_server.request_builder import PromptBuilder, check_context
 from pe_server.routes.intake import check_model, decode_body
-from pe_server.routes.streaming import StreamSession
+from pe_server.routes.streaming import PendingChunk, StreamSession
 from pe_server.routes.usage import make_usage
 from pe_server.sampling import build_sampling_params
 from pe_server.state import GENERATION, REQUEST_ID, STATE, ServerState
@@ -192,7 +192,15 @@ def make_choice(
     return CompletionChoice(
         index=job.choice_index(prompt_index, out.index),
         text=prefix + out.text,
-        logprobs=choice_logprobs(job, prompt, final, out.token_ids, out.logprobs, tokenizer, 0),
+        logprobs=choice_logprobs(
+            job,
+            prompt,
+            out.token_ids,
+            out.logprobs,
+            tokenizer,
+            with_prompt=True,
+            prompt_steps=final.prompt_logprobs,
+        ),
         finish_reason=out.finish_reason,
         stop_reason=out.stop_reason,
         token_ids=list(out.token_ids) if job.req.return_token_ids else None,
@@ -206,23 +214,26 @@ def make_choice(
 def choice_logprobs(
     job: CompletionJob,
     prompt: Prompt,
-    final: RequestOutput | None,
     token_ids: Sequence[int],
     steps: Sequence[dict[int, Logprob]] | None,
     tokenizer: Any,
-    num_chars: int,
+    num_chars: int = 0,
+    *,
+    with_prompt: bool = False,
+    prompt_steps: Sequence[dict[int, Logprob] | None] | None = None,
 ) -> CompletionLogprobs | None:
-    """The choice's ``logprobs`` for ``token_ids`` (generated after ``num_chars`` characters);
-    echoing, ``final`` is given: the prompt's tokens come first, the first one without logprobs
-    (vLLM's layout; offsets then count from the start of the prompt)."""
+    """The choice's ``logprobs`` for ``token_ids`` (generated after ``num_chars`` characters).
+    Echoing, in the choice's first chunk or whole answer (``with_prompt``), the prompt's tokens
+    come first with ``prompt_steps``, the first one without logprobs (vLLM's layout; offsets
+    then count from the start of the prompt)."""
     if job.params.logprobs is None or steps is None:
         return None
-    if not (job.req.echo and final is not None):
+    if not (job.req.echo and with_prompt):
         prefix = echo_text(job, prompt, tokenizer)
         return completion_logprobs(
             token_ids, steps, job.params.logprobs, tokenizer, len(prefix) + num_chars
         )
-    prompt_steps = final.prompt_logprobs or [None] * prompt.num_tokens
+    prompt_steps = prompt_steps or [None] * prompt.num_tokens
     return completion_logprobs(
         [*prompt.token_ids, *token_ids], [*prompt_steps, *steps], job.params.logprobs, tokenizer
     )
@@ -241,73 +252,77 @@ async def stream_completion(
     session = StreamSession(request, state)
     include_usage = bool(job.req.stream_options and job.req.stream_options.include_usage)
     async with session.generation(job.response_id, job.prompts, job.prompt_params) as gen:
-        sent: dict[tuple[int, int], tuple[int, int]] = {}
-        finals: dict[int, RequestOutput] = {}
+        chunks = CompletionChunks(state, job)
         async for i, output in session.outputs(gen):
-            finals[i] = output
             for out in output.outputs:
-                chunk = stream_chunk(state, job, i, output, out, sent)
+                chunk = chunks.add(i, output, out)
                 if chunk is not None:
                     await session.send(encode_json(chunk))
         if session.is_ok and include_usage:
-            usage = make_usage([finals[i] for i in sorted(finals)])
-            await session.send(
-                encode_json(
-                    CompletionStreamResponse(
-                        id=job.response_id,
-                        created=job.created,
-                        model=job.model,
-                        choices=[],
-                        usage=usage,
-                    )
-                )
-            )
+            await session.send(encode_json(usage_chunk(job, gen)))
     return await session.finish()
 
 
-def stream_chunk(
-    state: ServerState,
-    job: CompletionJob,
-    prompt_index: int,
-    output: RequestOutput,
-    out: CompletionOutput,
-    sent: dict[tuple[int, int], tuple[int, int]],
-) -> CompletionStreamResponse | None:
-    """The delta of one branch since its last chunk, or None if there is nothing new."""
-    key = (prompt_index, out.index)
-    is_first = key not in sent
-    num_chars, num_tokens = sent.get(key, (0, 0))
-    if num_tokens < 0:
-        return None  # this branch already sent its finish chunk
-    delta = out.text[num_chars:]
-    new_ids = list(out.token_ids[num_tokens:])
-    finished = out.finish_reason is not None
-    if not delta and not finished and not (new_ids and job.req.return_token_ids):
-        return None
-    prompt = job.prompts[prompt_index]
-    tokenizer = state.backend.tokenizer
-    prefix = echo_text(job, prompt, tokenizer) if is_first else ""
-    logprobs = choice_logprobs(
-        job,
-        prompt,
-        output if is_first else None,
-        new_ids,
-        None if out.logprobs is None else out.logprobs[num_tokens:],
-        tokenizer,
-        num_chars,
-    )
-    sent[key] = (-1, -1) if finished else (len(out.text), len(out.token_ids))
-    choice = CompletionChoice(
-        index=job.choice_index(prompt_index, out.index),
-        text=prefix + delta,
-        logprobs=logprobs,
-        finish_reason=out.finish_reason,
-        stop_reason=out.stop_reason,
-        token_ids=new_ids if job.req.return_token_ids else None,
-        prompt_token_ids=prompt_token_ids(prompt)
-        if job.req.return_token_ids and is_first
-        else None,
-    )
+def usage_chunk(job: CompletionJob, gen: Generation) -> CompletionStreamResponse:
     return CompletionStreamResponse(
-        id=job.response_id, created=job.created, model=job.model, choices=[choice]
+        id=job.response_id,
+        created=job.created,
+        model=job.model,
+        choices=[],
+        usage=make_usage(gen.totals()),
     )
+
+
+class CompletionChunks:
+    """The chunks of a streamed completion, one per delta of a branch with something to show."""
+
+    def __init__(self, state: ServerState, job: CompletionJob) -> None:
+        self.job = job
+        self.tokenizer = state.backend.tokenizer
+        self.branches: dict[tuple[int, int], PendingChunk] = {}
+        # Each prompt's prompt logprobs (its first delta has them), echoed in first chunks.
+        self.prompt_steps: dict[int, list[dict[int, Logprob] | None] | None] = {}
+
+    def add(
+        self, prompt_index: int, output: RequestOutput, out: CompletionOutput
+    ) -> CompletionStreamResponse | None:
+        """Take one branch's delta; the chunk to send now, or None if nothing shows yet."""
+        if self.prompt_steps.get(prompt_index) is None:
+            self.prompt_steps[prompt_index] = output.prompt_logprobs
+        pending = self.branches.setdefault((prompt_index, out.index), PendingChunk())
+        if pending.is_done:
+            return None
+        pending.add(out)
+        job = self.job
+        wants_ids = job.req.return_token_ids
+        if not pending.text and not pending.is_finished and not (pending.token_ids and wants_ids):
+            return None
+        return self._chunk(prompt_index, out.index, pending)
+
+    def _chunk(
+        self, prompt_index: int, branch: int, pending: PendingChunk
+    ) -> CompletionStreamResponse:
+        job = self.job
+        prompt = job.prompts[prompt_index]
+        is_first = not pending.is_started
+        num_chars = pending.num_chars
+        text, new_ids, steps = pending.take()
+        prefix = echo_text(job, prompt, self.tokenizer) if is_first else ""
+        logprobs = choice_logprobs(
+            job, prompt, new_ids, steps, self.tokenizer, num_chars,
+            with_prompt=is_first, prompt_steps=self.prompt_steps.get(prompt_index),
+        )  # fmt: skip
+        choice = CompletionChoice(
+            index=job.choice_index(prompt_index, branch),
+            text=prefix + text,
+            logprobs=logprobs,
+            finish_reason=pending.finish_reason,
+            stop_reason=pending.stop_reason,
+            token_ids=new_ids if job.req.return_token_ids else None,
+            prompt_token_ids=prompt_token_ids(prompt)
+            if job.req.return_token_ids and is_first
+            else None,
+        )
+        return CompletionStreamResponse(
+            id=job.response_id, created=job.created, model=job.model, choices=[choice]
+        )

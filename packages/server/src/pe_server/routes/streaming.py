@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -18,7 +19,7 @@ from pe_server.state import STREAM, ServerState
 log = logging.getLogger("pe_server")
 
 if TYPE_CHECKING:
-    from pe_engine.outputs import RequestOutput
+    from pe_engine.outputs import CompletionOutput, Logprob, RequestOutput
     from pe_engine.prompt import Prompt
     from pe_engine.sampling_params import SamplingParams
 
@@ -92,3 +93,42 @@ class StreamSession:
                     await self.stream.open()
                 await self.stream.send_done()
         return self.stream.response
+
+
+@dataclass
+class PendingChunk:
+    """One branch's output not sent yet. A chunk goes out once there is something to show
+    (text, a finish reason); until then the ids and logprobs of tokens that showed no text
+    (held back for a stop string, half a character) wait for it."""
+
+    is_started: bool = False  # a chunk of this branch was sent
+    is_done: bool = False  # its last chunk, with the finish reason, was sent
+    num_chars: int = 0  # text characters sent so far
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[dict[int, Logprob]] | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+    @property
+    def is_finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def add(self, out: CompletionOutput) -> None:
+        self.text += out.text
+        self.token_ids.extend(out.token_ids)
+        if out.logprobs is not None:
+            if self.logprobs is None:
+                self.logprobs = []
+            self.logprobs.extend(out.logprobs)
+        self.finish_reason, self.stop_reason = out.finish_reason, out.stop_reason
+
+    def take(self) -> tuple[str, list[int], list[dict[int, Logprob]] | None]:
+        """What the next chunk sends: the text, token ids and logprobs gathered since the last."""
+        taken = (self.text, self.token_ids, self.logprobs)
+        self.is_started = True
+        self.is_done = self.is_finished
+        self.num_chars += len(self.text)
+        self.text, self.token_ids = "", []
+        self.logprobs = None if self.logprobs is None else []
+        return taken
