@@ -76,6 +76,24 @@ async def test_concurrent_generates_match_sequential_ones(engine: AsyncEngine) -
     assert engine.is_healthy and engine.errored is None
 
 
+async def test_a_slow_consumer_gets_the_steps_it_missed_merged(engine: AsyncEngine) -> None:
+    prompt = build_text_prompt(engine.tokenizer, "a slow reader")
+    outs = []
+    async for out in engine.generate(prompt, params(60), "slow"):
+        outs.append(out)
+        if len(outs) == 1:
+            await wait_until(lambda: engine.stats()["num_requests"] == 0)  # all steps done
+            await asyncio.sleep(0.1)  # and delivered
+    # 59 steps' deltas waited in the stream: merged, none dropped.
+    assert len(outs) == 2 and outs[-1].finished
+    merged = outs[1].outputs[0]
+    assert len(merged.token_ids) == 59 and merged.finish_reason == "length"
+    alone = await collect(engine, "a slow reader", "fast", n=60)
+    assert len(alone) > 2
+    assert total(outs).outputs[0].token_ids == total(alone).outputs[0].token_ids
+    assert total(outs).outputs[0].text == total(alone).outputs[0].text
+
+
 async def test_cancelling_the_consumer_aborts_and_frees_blocks(engine: AsyncEngine) -> None:
     started = asyncio.Event()
 

@@ -134,6 +134,19 @@ def test_deltas_release_held_back_text_and_never_show_a_stop_string(
     assert held == tok.decode(free_run.token_ids[:12], skip_special_tokens=True)
 
 
+def test_best_of_is_held_until_the_end_and_then_sent_once(llm: LLM) -> None:
+    params = SamplingParams(n=2, best_of=4, temperature=1.0, seed=11, max_tokens=6,
+                            ignore_eos=True, logprobs=1)  # fmt: skip
+    seen = stream(llm, "best-of", params)
+    assert len(seen) == 1 and seen[0].finished
+    (whole,) = llm.generate(PROMPT, params, use_tqdm=False)
+    assert [o.index for o in seen[0].outputs] == [0, 1]
+    for sent, out in zip(seen[0].outputs, whole.outputs, strict=True):
+        assert (sent.text, sent.token_ids, sent.logprobs) == (out.text, out.token_ids, out.logprobs)
+        assert len(sent.token_ids) == 6 and sent.finish_reason == "length"
+    assert whole.outputs[0].cumulative_logprob >= whole.outputs[1].cumulative_logprob
+
+
 def test_abort_frees_every_block(llm: LLM) -> None:
     engine = llm.engine
     params = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True, n=2)
