@@ -130,6 +130,44 @@ async def test_breaking_out_and_explicit_abort(engine: AsyncEngine) -> None:
     assert engine.stats()["num_free_blocks"] == engine.stats()["num_total_blocks"]
 
 
+async def test_each_request_is_aborted_once(engine: AsyncEngine) -> None:
+    """However the request ends (consumer cancelled, explicit aborts before and after, a
+    finished request aborted late), the engine thread sees at most one abort per request."""
+    aborted: list[str] = []
+    abort_request = engine.engine.abort_request
+
+    def counting_abort(request_id: str) -> Any:
+        aborted.append(request_id)
+        return abort_request(request_id)
+
+    engine.engine.abort_request = counting_abort  # type: ignore[method-assign]
+    started = asyncio.Event()
+
+    async def consume(request_id: str) -> None:
+        prompt = build_text_prompt(engine.tokenizer, "abort me once")
+        async for _ in engine.generate(prompt, params(200), request_id):
+            started.set()
+
+    task = asyncio.create_task(consume("cancelled"))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    engine.abort("cancelled")  # what the server does when its handler leaves
+    started.clear()
+    task = asyncio.create_task(consume("twice"))
+    await started.wait()
+    engine.abort("twice")
+    engine.abort("twice")
+    await task  # ends with the abort's final output
+    engine.abort("twice")
+    await collect(engine, "finished", "finished")
+    engine.abort("finished")
+    await wait_until(lambda: engine.stats()["num_requests"] == 0)
+    await asyncio.sleep(0.1)
+    assert sorted(aborted) == ["cancelled", "twice"]
+
+
 async def test_invalid_requests_raise_without_hurting_the_engine(engine: AsyncEngine) -> None:
     prompt = build_text_prompt(engine.tokenizer, "x " * 300)
     with pytest.raises(ValueError, match="maximum context length"):

@@ -8,7 +8,7 @@ import copy
 import logging
 import queue
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -27,6 +27,8 @@ log = logging.getLogger("pe_engine")
 
 # Failed steps in a row after which the engine is declared dead.
 MAX_CONSECUTIVE_STEP_FAILURES = 3
+# Ids of ended requests remembered, so that a late abort of one is not sent to the engine.
+NUM_ENDED_REMEMBERED = 4096
 
 
 class EngineDeadError(RuntimeError):
@@ -113,6 +115,7 @@ class AsyncEngine:
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._wakeup = threading.Event()
         self._streams: dict[str, _Stream] = {}
+        self._ended: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -166,6 +169,7 @@ class AsyncEngine:
             if request_id in self._streams:
                 raise ValueError(f"request id {request_id!r} is already running")
             self._streams[request_id] = stream
+            self._ended.pop(request_id, None)
         self._submit("add", (request_id, prompt, params))
         finished = False
         try:
@@ -182,15 +186,19 @@ class AsyncEngine:
         finally:
             with self._lock:
                 self._streams.pop(request_id, None)
-                is_aborted = stream.is_aborted
-                stream.is_aborted = True
+                is_aborted, stream.is_aborted = stream.is_aborted, True
+                self._ended[request_id] = None
+                if len(self._ended) > NUM_ENDED_REMEMBERED:
+                    self._ended.popitem(last=False)
             if not finished and not is_aborted:
                 self._submit("abort", request_id)
 
     def abort(self, request_id: str) -> None:
-        """Abort a request (harmless for unknown or finished ids); a request whose abort was
-        already submitted is not aborted twice."""
+        """Abort a request (harmless for unknown or finished ids). Each request is aborted
+        once: an abort after its stream ended or after an earlier abort is not sent again."""
         with self._lock:
+            if request_id in self._ended:
+                return
             stream = self._streams.get(request_id)
             if stream is not None:
                 if stream.is_aborted:
