@@ -50,18 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_switch(group: argparse._ArgumentGroup, flag: str, help: str) -> None:
+    """A flag without a value; None when absent so that the environment can supply it."""
+    group.add_argument(flag, action="store_true", default=None, help=help)
+
+
 def add_serve_flags(p: argparse.ArgumentParser) -> None:
     # Every default is None so that the environment (then ServerConfig) supplies it.
     net = p.add_argument_group("network and security")
     net.add_argument("--host", help="bind address (default 127.0.0.1)")
     net.add_argument("--port", type=int, help="port (default 8000; 0 = any free port)")
     net.add_argument("--api-key", action="append", help="accepted API key (repeatable)")
-    net.add_argument(
-        "--insecure",
-        action="store_true",
-        default=None,
-        help="allow a non-loopback bind without an API key",
-    )
+    add_switch(net, "--insecure", "allow a non-loopback bind without an API key")
     model = p.add_argument_group("model and engine")
     model.add_argument("--served-model-name", nargs="+", help="name(s) clients use in `model`")
     model.add_argument(
@@ -73,12 +73,7 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         "--upstream", help="vllm-remote: URL of a `vllm serve --enable-prompt-embeds` server"
     )
     model.add_argument("--upstream-api-key", help="vllm-remote: API key of the upstream")
-    model.add_argument(
-        "--enable-prompt-embeds",
-        action="store_true",
-        default=None,
-        help="accept prompt_embeds in requests",
-    )
+    add_switch(model, "--enable-prompt-embeds", "accept prompt_embeds in requests")
     chat = p.add_argument_group("chat templates")
     chat.add_argument("--chat-template", help="server-wide chat template: a file or the template")
     chat.add_argument(
@@ -86,11 +81,10 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         choices=("auto", "string", "openai"),
         help="how message content reaches the template (auto: detected from the template)",
     )
-    chat.add_argument(
+    add_switch(
+        chat,
         "--trust-request-chat-template",
-        action="store_true",
-        default=None,
-        help="accept a request's own `chat_template` (it runs within the render budget)",
+        "accept a request's own `chat_template` (it runs within the render budget)",
     )
     chat.add_argument("--chat-render-workers", type=int, help="chat template render processes")
     chat.add_argument(
@@ -114,12 +108,7 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         type=float,
         help="CUDA: share of the GPU's memory for weights, activations and KV cache (0.9)",
     )
-    model.add_argument(
-        "--enforce-eager",
-        action="store_true",
-        default=None,
-        help="CUDA: run decode steps eagerly, without CUDA graphs",
-    )
+    add_switch(model, "--enforce-eager", "CUDA: run decode steps eagerly, without CUDA graphs")
     model.add_argument(
         "--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None
     )

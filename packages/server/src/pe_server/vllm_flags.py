@@ -130,32 +130,35 @@ FRONTEND_FLAGS = (
 )  # fmt: skip
 
 
-class KeepTokens(argparse.Action):
+class _KeepFlag(argparse.Action):
+    """Appends what :meth:`kept` makes of each occurrence of the flag to ``dest``."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        kept = self.kept(option_string, values)
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), *kept])
+
+    def kept(self, option_string: str | None, values: Any) -> list[Any]:
+        raise NotImplementedError
+
+
+class KeepTokens(_KeepFlag):
     """Appends the flag as given (its option string, then its value) to ``dest``."""
 
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        tokens = [option_string] if self.nargs == 0 else [option_string, values]
-        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), *tokens])
+    def kept(self, option_string: str | None, values: Any) -> list[Any]:
+        return [option_string] if self.nargs == 0 else [option_string, values]
 
 
-class KeepPairs(argparse.Action):
+class KeepPairs(_KeepFlag):
     """Appends ``(option string, value)`` to ``dest``; a switch's value is its option string."""
 
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        pair = (option_string, option_string if self.nargs == 0 else values)
-        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), pair])
+    def kept(self, option_string: str | None, values: Any) -> list[Any]:
+        return [(option_string, option_string if self.nargs == 0 else values)]
 
 
 def add_flags(
