@@ -11,6 +11,7 @@ and never echoes body bytes; no other exception escapes for any input.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Generic, Literal, TypeVar
 
 import msgspec
@@ -37,6 +38,7 @@ BodyKind = Literal["json", "msgpack"]
 Body = bytes | bytearray | memoryview
 
 T = TypeVar("T", bound=msgspec.Struct)
+R = TypeVar("R")
 
 _FORMAT_NAMES = {"json": "JSON", "msgpack": "msgpack"}
 _CODES = {"json": "invalid_json", "msgpack": "invalid_msgpack"}
@@ -92,10 +94,37 @@ class _BodyDecoder(Generic[T]):
             raise _validation_error(str(exc), kind) from None
 
 
-_COMPLETION = _BodyDecoder(CompletionRequestBody)
-_CHAT = _BodyDecoder(ChatCompletionRequestBody)
-_TOKENIZE = _BodyDecoder(TokenizeRequestBody)
-_DETOKENIZE = _BodyDecoder(DetokenizeRequest)
+class _RequestDecoder(Generic[T, R]):
+    """A body type's decoder, then its normalisation into the request type and its checks."""
+
+    def __init__(
+        self,
+        body_type: type[T],
+        from_body: Callable[[T], R],
+        validate: Callable[[R, RequestLimits], None],
+    ) -> None:
+        self.bodies = _BodyDecoder(body_type)
+        self.from_body = from_body
+        self.validate = validate
+
+    def decode(self, body: Body, kind: BodyKind, limits: RequestLimits) -> R:
+        req = self.from_body(self.bodies.decode(body, kind))
+        self.validate(req, limits)
+        return req
+
+
+def _as_is(body: DetokenizeRequest) -> DetokenizeRequest:
+    return body  # the detokenize body needs no normalising
+
+
+_COMPLETION = _RequestDecoder(
+    CompletionRequestBody, completion_request_from_body, validate_completion_request
+)
+_CHAT = _RequestDecoder(ChatCompletionRequestBody, chat_request_from_body, validate_chat_request)
+_TOKENIZE = _RequestDecoder(
+    TokenizeRequestBody, tokenize_request_from_body, validate_tokenize_request
+)
+_DETOKENIZE = _RequestDecoder(DetokenizeRequest, _as_is, validate_detokenize_request)
 
 
 def decode_completion_request(
@@ -105,36 +134,28 @@ def decode_completion_request(
 
     Raises :class:`~pe_common.errors.InvalidRequestError` for any invalid body.
     """
-    req = completion_request_from_body(_COMPLETION.decode(body, kind))
-    validate_completion_request(req, limits)
-    return req
+    return _COMPLETION.decode(body, kind, limits)
 
 
 def decode_chat_request(
     body: Body, kind: BodyKind, *, limits: RequestLimits = DEFAULT_LIMITS
 ) -> ChatCompletionRequest:
     """Decode, normalise and check a ``/v1/chat/completions`` body."""
-    req = chat_request_from_body(_CHAT.decode(body, kind))
-    validate_chat_request(req, limits)
-    return req
+    return _CHAT.decode(body, kind, limits)
 
 
 def decode_tokenize_request(
     body: Body, kind: BodyKind, *, limits: RequestLimits = DEFAULT_LIMITS
 ) -> TokenizeRequest:
     """Decode, normalise and check a ``/tokenize`` body."""
-    req = tokenize_request_from_body(_TOKENIZE.decode(body, kind))
-    validate_tokenize_request(req, limits)
-    return req
+    return _TOKENIZE.decode(body, kind, limits)
 
 
 def decode_detokenize_request(
     body: Body, kind: BodyKind, *, limits: RequestLimits = DEFAULT_LIMITS
 ) -> DetokenizeRequest:
     """Decode and check a ``/detokenize`` body."""
-    req = _DETOKENIZE.decode(body, kind)
-    validate_detokenize_request(req, limits)
-    return req
+    return _DETOKENIZE.decode(body, kind, limits)
 
 
 def _validation_error(text: str, kind: BodyKind) -> InvalidRequestError:
