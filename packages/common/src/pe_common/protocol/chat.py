@@ -7,7 +7,7 @@ from typing import Any, Literal
 import msgspec
 
 from pe_common.protocol.chat_message import ChatMessage, ChatMessageBody, ToolCall
-from pe_common.protocol.common import GenerateFields, ResponseStruct, Usage, unix_time
+from pe_common.protocol.common import ChoicesResponse, GenerateFields, ResponseStruct
 from pe_common.protocol.logprobs import ChatCompletionLogprobs, PromptLogprobs
 
 
@@ -65,14 +65,9 @@ class ChatCompletionChoice(ResponseStruct, kw_only=True):
     token_ids: list[int] | None = None
 
 
-class ChatCompletionResponse(ResponseStruct, kw_only=True):
-    id: str
+class ChatCompletionResponse(ChoicesResponse[ChatCompletionChoice], kw_only=True):
     object: Literal["chat.completion"] = "chat.completion"
-    created: int = msgspec.field(default_factory=unix_time)
-    model: str
     choices: list[ChatCompletionChoice]
-    usage: Usage | None = None
-    system_fingerprint: str | None = None
     prompt_token_ids: list[int] | None = None
     prompt_logprobs: PromptLogprobs | None = None
 
@@ -93,14 +88,8 @@ class ChatCompletionChunkChoice(ResponseStruct, kw_only=True):
     token_ids: list[int] | None = None
 
 
-class ChatCompletionStreamResponse(ResponseStruct, kw_only=True):
+class ChatCompletionStreamResponse(ChoicesResponse[ChatCompletionChunkChoice], kw_only=True):
     """One ``data:`` event of a chat stream."""
 
-    id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int = msgspec.field(default_factory=unix_time)
-    model: str
-    choices: list[ChatCompletionChunkChoice] = msgspec.field(default_factory=list)
-    usage: Usage | None = None
-    system_fingerprint: str | None = None
     prompt_token_ids: list[int] | None = None

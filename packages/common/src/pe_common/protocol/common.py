@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Union
+from typing import Any, Generic, TypeVar, Union
 
 import msgspec
 
@@ -118,3 +118,19 @@ class Usage(ResponseStruct, kw_only=True):
     completion_tokens: int = 0
     total_tokens: int = 0
     prompt_tokens_details: PromptTokensDetails | None = None
+
+
+ChoiceT = TypeVar("ChoiceT")
+
+
+class ChoicesResponse(ResponseStruct, Generic[ChoiceT], kw_only=True):
+    """What a completions or chat answer and each of its stream chunks carry around their
+    choices, in vLLM's key order; subclasses fix ``object`` (fields keep their place)."""
+
+    id: str
+    object: str
+    created: int = msgspec.field(default_factory=unix_time)
+    model: str
+    choices: list[ChoiceT] = msgspec.field(default_factory=list)
+    usage: Usage | None = None
+    system_fingerprint: str | None = None

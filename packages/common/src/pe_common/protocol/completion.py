@@ -8,11 +8,10 @@ import msgspec
 
 from pe_common.protocol.common import (
     EMBEDS_ITEM_JSON_SCHEMA,
+    ChoicesResponse,
     EmbedsPayload,
     GenerateFields,
     ResponseStruct,
-    Usage,
-    unix_time,
 )
 from pe_common.protocol.logprobs import CompletionLogprobs, PromptLogprobs
 
@@ -79,23 +78,12 @@ class CompletionChoice(ResponseStruct, kw_only=True):
     prompt_logprobs: PromptLogprobs | None = None
 
 
-class CompletionResponse(ResponseStruct, kw_only=True):
-    id: str
+class CompletionResponse(ChoicesResponse[CompletionChoice], kw_only=True):
     object: Literal["text_completion"] = "text_completion"
-    created: int = msgspec.field(default_factory=unix_time)
-    model: str
     choices: list[CompletionChoice]
-    usage: Usage | None = None
-    system_fingerprint: str | None = None
 
 
-class CompletionStreamResponse(ResponseStruct, kw_only=True):
+class CompletionStreamResponse(ChoicesResponse[CompletionChoice], kw_only=True):
     """One ``data:`` event of a completions stream."""
 
-    id: str
     object: Literal["text_completion"] = "text_completion"
-    created: int = msgspec.field(default_factory=unix_time)
-    model: str
-    choices: list[CompletionChoice] = msgspec.field(default_factory=list)
-    usage: Usage | None = None
-    system_fingerprint: str | None = None
