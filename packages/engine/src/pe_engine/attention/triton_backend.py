@@ -16,6 +16,7 @@ import torch
 
 from pe_engine.attention.backend import AttentionBackend, AttentionMetadata
 from pe_engine.attention.kernels import triton_paged
+from pe_engine.model.batch import to_device
 
 _FLASH_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -63,7 +64,7 @@ class TritonAttentionBackend(AttentionBackend):
         is_flash = self._flash_attn_varlen is not None and not tables
         self._plan = _PrefillPlan(
             metadata=metadata,
-            spans=_to_device(rows, torch.long, device),
+            spans=to_device(rows, torch.long, device),
             block_tables=block_tables,
             max_num_tokens=max(lengths),
             cu_seqlens=_cu_seqlens(lengths, device) if is_flash else None,
@@ -153,11 +154,4 @@ def _cu_seqlens(lengths: list[int], device: torch.device) -> torch.Tensor:
     offsets = [0]
     for n in lengths:
         offsets.append(offsets[-1] + n)
-    return _to_device(offsets, torch.int32, device)
-
-
-def _to_device(data: list[Any], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    tensor = torch.tensor(data, dtype=dtype)
-    if device.type == "cpu":
-        return tensor
-    return tensor.pin_memory().to(device, non_blocking=True)
+    return to_device(offsets, torch.int32, device)
