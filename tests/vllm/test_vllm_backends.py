@@ -177,7 +177,10 @@ def test_engine_flags_reach_vllm(backend: ServerProcess) -> None:
     if "vllm-remote" in backend.proc.args:
         pytest.skip("the upstream has its own flags")
     log = backend.log_text()
-    assert "--tensor-parallel-size 1 --distributed-executor-backend mp" in log
+    # vLLM-compat flags pe knows and unknown ones both reach vLLM (order between them is free)
+    (line,) = [text for text in log.splitlines() if "vllm engine arguments:" in text]
+    assert "--tensor-parallel-size 1" in line and "--distributed-executor-backend mp" in line
+    assert "--enable-log-requests" in line
     downloads = Path(backend.log_path).parent / "downloads"
     assert f"download_dir='{downloads}'" in log  # vLLM's own config line
 
