@@ -159,11 +159,14 @@ class AsyncEngine:
         """The deltas of one request (``RequestOutputKind.DELTA``; a consumer that fell behind
         gets several steps merged into one); the last one has ``finished=True``.
 
-        Cancelling the consumer or closing the iterator aborts the request.
+        Cancelling the consumer or closing the iterator aborts the request. A prompt not
+        checked yet (``is_checked``) is checked here, on the caller's side, so that the engine
+        thread never reads a whole prompt.
         """
         if self.errored is not None or self._stop:
             raise EngineDeadError("engine is not running") from self.errored
-        self.engine.prompt_builder.validate(prompt)
+        if not prompt.is_checked:
+            self.engine.prompt_builder.validate(prompt)
         stream = _Stream(asyncio.get_running_loop())
         with self._lock:
             if request_id in self._streams:

@@ -97,8 +97,7 @@ class LLM:
                 continue_final_message=continue_final_message,
                 chat_template_kwargs=chat_template_kwargs,
             )
-            self.engine.prompt_builder.validate(prompt)
-            built.append(prompt)
+            built.append(self.engine.prompt_builder.validate(prompt))
         return self._run(built, sampling_params, use_tqdm)
 
     def _decode_parts(self, message: Message) -> Message:

@@ -134,7 +134,9 @@ class LLMEngine:
     ) -> None:
         """Validate and queue a request; it joins the running batch at the next step.
 
-        ``prompt``: a :class:`Prompt` or any form ``LLM.generate`` accepts.
+        ``prompt``: a :class:`Prompt` or any form ``LLM.generate`` accepts. A prompt that
+        :class:`PromptBuilder` already checked (``is_checked``) is trusted: on this thread only
+        its length and its fit in the KV pool are checked (O(1)).
         """
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already running")

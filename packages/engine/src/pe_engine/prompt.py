@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -18,6 +18,9 @@ class Prompt:
     ``is_token_ids``), in position order. ``is_token_ids`` None means every position is a token.
     ``cache_salt`` (vLLM's field) enters the hash of the first prefix-cache block, so prompts
     with different salts never share cached blocks.
+    ``is_checked``: :class:`~pe_engine.inputs.prompt_builder.PromptBuilder` checked its contents
+    (ids, mask, embeds) for the engine's model; the engine then trusts them and checks only the
+    O(1) sizes (context length, KV pool). Whoever changes a checked prompt's contents owns it.
     """
 
     token_ids: list[int]
@@ -25,6 +28,7 @@ class Prompt:
     is_token_ids: list[bool] | None = None
     text: str | None = None
     cache_salt: str | None = None
+    is_checked: bool = field(default=False, compare=False, repr=False)
 
     @property
     def num_tokens(self) -> int:

@@ -20,6 +20,7 @@ from pe_server.state import ServerState
 if TYPE_CHECKING:
     import torch
 
+    from pe_engine.inputs.prompt_builder import PromptBuilder as EnginePromptBuilder
     from pe_engine.prompt import Prompt
 
 T = TypeVar("T")
@@ -183,9 +184,15 @@ class PromptBuilder:
     # ---- completions prompts -------------------------------------------------------------
 
     async def embeds_prompts(self, tensors: Sequence[torch.Tensor]) -> list[Prompt]:
+        if not tensors:
+            return []
+        return await self.run(self._embeds_prompts, list(tensors))
+
+    def _embeds_prompts(self, tensors: list[torch.Tensor]) -> list[Prompt]:
         from pe_engine.inputs.prompt_builder import build_embeds_prompt
 
-        return [build_embeds_prompt(t) for t in tensors]
+        checker = self.checker()
+        return [checker.check_contents(build_embeds_prompt(t)) for t in tensors]
 
     async def text_prompts(
         self, prompts: Sequence[str | Sequence[int]], add_special_tokens: bool = True
@@ -198,31 +205,35 @@ class PromptBuilder:
         from pe_engine.inputs.prompt_builder import build_text_prompt, build_token_prompt
 
         tokenizer = self.backend.tokenizer
-        built = []
-        for prompt in prompts:
-            if isinstance(prompt, str):
-                built.append(
-                    build_text_prompt(tokenizer, prompt, add_special_tokens=add_special_tokens)
-                )
-            else:
-                self.check_token_ids(prompt)
-                built.append(build_token_prompt(list(prompt)))
-        for p in built:
-            if p.num_tokens == 0:
-                raise APIError.bad_request(
-                    "The decoder prompt cannot be empty", code="empty_prompt", param="prompt"
-                )
-        return built
+        built = [
+            build_text_prompt(tokenizer, p, add_special_tokens=add_special_tokens)
+            if isinstance(p, str)
+            else build_token_prompt(p)
+            for p in prompts
+        ]
+        checker = self.checker()
+        return [checker.check_contents(p, param="prompt") for p in built]
 
     def check_token_ids(self, ids: Sequence[int], param: str = "prompt") -> None:
-        vocab = self.info.vocab_size
-        for tid in ids:
-            if not 0 <= tid < vocab:
-                raise APIError.bad_request(
-                    f"Token id {tid} is out of vocabulary (vocabulary size {vocab}).",
-                    code="invalid_token_id",
-                    param=param,
-                )
+        """The engine's token-id rule (an empty list is the caller's to refuse)."""
+        from pe_engine.inputs.prompt_builder import check_token_ids
+
+        check_token_ids(ids, self.info.vocab_size, param=param, allow_empty=True)
+
+    def checker(self) -> EnginePromptBuilder:
+        """The engine's prompt rules for the served model: a prompt they passed (in the pools)
+        is marked checked, and the engine does not read it again."""
+        from pe_engine.inputs.prompt_builder import PromptBuilder as EnginePromptBuilder
+
+        info = self.info
+        return EnginePromptBuilder(
+            tokenizer=self.backend.tokenizer,
+            hidden_size=info.hidden_size,
+            dtype=info.dtype,
+            vocab_size=info.vocab_size,
+            max_model_len=info.max_model_len,
+            enable_prompt_embeds=self.config.enable_prompt_embeds,
+        )
 
     # ---- chat ----------------------------------------------------------------------------
 
@@ -281,8 +292,4 @@ class PromptBuilder:
                 code="invalid_chat_template",
                 param="messages",
             ) from None
-        if prompt.num_tokens == 0:
-            raise APIError.bad_request(
-                "The decoder prompt cannot be empty", code="empty_prompt", param="messages"
-            )
-        return prompt
+        return self.checker().check_contents(prompt, param="messages")

@@ -102,10 +102,8 @@ def check_token_ids(
             "Token ids must be a list of integers.", code="invalid_token_ids", param=param
         )
     ids = list(token_ids)
-    if not ids and not allow_empty:
-        raise InvalidRequestError(
-            "The decoder prompt cannot be empty", code="empty_prompt", param=param
-        )
+    if not allow_empty:
+        check_not_empty(len(ids), param=param)
     for tid in ids:
         if isinstance(tid, bool) or not isinstance(tid, int):
             raise InvalidRequestError(
@@ -120,12 +118,17 @@ def check_token_ids(
     return ids
 
 
-def check_prompt_length(num_tokens: int, max_model_len: int, *, param: str = "prompt") -> None:
-    """A prompt must leave room for at least one output token (vLLM's rule and wording)."""
+def check_not_empty(num_tokens: int, *, param: str = "prompt") -> None:
+    """vLLM's refusal of a prompt with no positions."""
     if num_tokens == 0:
         raise InvalidRequestError(
             "The decoder prompt cannot be empty", code="empty_prompt", param=param
         )
+
+
+def check_prompt_length(num_tokens: int, max_model_len: int, *, param: str = "prompt") -> None:
+    """A prompt must leave room for at least one output token (vLLM's rule and wording)."""
+    check_not_empty(num_tokens, param=param)
     if num_tokens >= max_model_len:
         raise InvalidRequestError(
             f"This model's maximum context length is {max_model_len} tokens. However, your "
@@ -180,10 +183,13 @@ class PromptBuilder:
     def build(self, prompt: str | Mapping[str, Any] | Prompt) -> Prompt:
         """Accepts a str, ``{"prompt"}``, ``{"prompt_token_ids"}``, ``{"prompt_embeds"}``,
         mixed ``{"prompt_token_ids", "prompt_embeds", "is_token_ids" | "prompt_is_token_ids"}``
-        or a ready :class:`Prompt`."""
+        or a ready :class:`Prompt`. A prompt already checked (:meth:`check_contents`) is not
+        read again: only its length is checked (O(1))."""
         built = self._build(prompt)
-        self.validate(built)
-        return built
+        if built.is_checked:
+            check_prompt_length(built.num_tokens, self.max_model_len, param=prompt_param(built))
+            return built
+        return self.validate(built)
 
     def _build(self, prompt: Any) -> Prompt:
         if isinstance(prompt, Prompt):
@@ -237,25 +243,38 @@ class PromptBuilder:
             limits=self.limits,
         )
 
-    def validate(self, prompt: Prompt) -> None:
-        """Checks every prompt must pass before it reaches the engine, whatever built it."""
+    def validate(self, prompt: Prompt) -> Prompt:
+        """Every check a prompt must pass before it reaches the engine, whatever built it;
+        returns it marked checked (:attr:`Prompt.is_checked`)."""
         if not isinstance(prompt, Prompt):
             raise InvalidRequestError("expected a Prompt.", code="invalid_prompt", param="prompt")
-        param = "prompt_embeds" if prompt.prompt_embeds is not None else "prompt"
-        check_prompt_length(prompt.num_tokens, self.max_model_len, param=param)
+        check_prompt_length(prompt.num_tokens, self.max_model_len, param=prompt_param(prompt))
+        return self.check_contents(prompt)
+
+    def check_contents(self, prompt: Prompt, *, param: str | None = None) -> Prompt:
+        """The checks that read the whole prompt (ids in vocabulary, ids / mask / embeds agree,
+        embeds allowed and of the model's width and dtype), once, where the prompt is built
+        (the server's decode and render pools, the offline caller's thread); marks it checked so
+        that the engine thread trusts it. The context length is the caller's (O(1)): an empty
+        prompt is refused naming ``param``."""
+        param = param or prompt_param(prompt)
         real_ids = prompt.token_ids
         if prompt.is_token_ids is not None:
             real_ids = [t for t, m in zip(prompt.token_ids, prompt.is_token_ids, strict=True) if m]
         check_token_ids(real_ids, self.vocab_size, param="prompt", allow_empty=True)
+        check_not_empty(prompt.num_tokens, param=param)
         try:
             prompt.validate()
         except ValueError as exc:
             raise InvalidRequestError(str(exc), code="invalid_prompt", param=param) from None
-        if prompt.prompt_embeds is None:
-            return
+        if prompt.prompt_embeds is not None:
+            self._check_embeds(prompt.prompt_embeds)
+        prompt.is_checked = True
+        return prompt
+
+    def _check_embeds(self, embeds: torch.Tensor) -> None:
         if not self.enable_prompt_embeds:
             raise embeds_disabled_error()
-        embeds = prompt.prompt_embeds
         if embeds.dim() != 2 or embeds.shape[1] != self.hidden_size:
             raise PromptEmbedsError(
                 f"`prompt_embeds` hidden_size {embeds.shape[-1]} does not match the model's "
@@ -268,3 +287,8 @@ class PromptBuilder:
                 code="unsupported_dtype",
                 param="prompt_embeds",
             )
+
+
+def prompt_param(prompt: Prompt) -> str:
+    """The request field a whole-prompt error names."""
+    return "prompt_embeds" if prompt.prompt_embeds is not None else "prompt"
