@@ -1,18 +1,24 @@
 """API errors and their OpenAI envelope: ``{"error": {"message", "type", "param", "code"}}``.
 
-Every error a client sees goes through :func:`error_response`; messages are fixed texts (or
+Every failure a client hears of is translated once, by :func:`to_api_error` (the error
+middleware's answer and a stream's final error event), and sent through
+:func:`error_response` or :meth:`APIError.to_bytes`; messages are fixed texts (or
 ``PEValidationError.message``, which is fixed by construction), never exception text, reprs or
 paths. Status codes follow what the ``openai`` SDK maps to its exception classes.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 from aiohttp import web
 
 from pe_common.errors import PEValidationError
 from pe_common.protocol import ErrorInfo, ErrorResponse, encode_json
+from pe_server.backends.base import EngineDeadError
+
+log = logging.getLogger("pe_server")
 
 TYPE_BY_STATUS = {
     400: "invalid_request_error",
@@ -30,6 +36,11 @@ TYPE_BY_STATUS = {
 ENABLE_EMBEDS_MESSAGE = "You must set `--enable-prompt-embeds` to input `prompt_embeds`."
 # vLLM's chat path words it without the final period.
 ENABLE_EMBEDS_CHAT_MESSAGE = "You must set `--enable-prompt-embeds` to input `prompt_embeds`"
+
+
+class EngineRequestError(RuntimeError):
+    """The backend failed while serving a request (``__cause__`` says how); the client is
+    told only that the engine failed."""
 
 
 class APIError(Exception):
@@ -200,4 +211,21 @@ def from_http_exception(exc: web.HTTPException) -> APIError:
         return APIError.route_not_found()
     if exc.status in TYPE_BY_STATUS and exc.status < 500:
         return APIError(exc.status, exc.reason or "Bad request.", code="invalid_request")
+    return APIError.internal()
+
+
+def to_api_error(exc: BaseException, request_id: str | None = None) -> APIError:
+    """The one translation of a failure into the OpenAI envelope; what is not the caller's
+    doing is logged here (with ``request_id``) and answered with a fixed text."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, PEValidationError):
+        return APIError.from_validation(exc)
+    if isinstance(exc, web.HTTPException):
+        return from_http_exception(exc)
+    if isinstance(exc, EngineRequestError):
+        if not isinstance(exc.__cause__, EngineDeadError):  # a dead engine was logged already
+            log.error("engine request %s failed", request_id, exc_info=exc.__cause__)
+        return APIError.engine_failed()
+    log.error("request %s failed", request_id, exc_info=exc)
     return APIError.internal()

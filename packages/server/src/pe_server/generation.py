@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from pe_common.errors import PEValidationError
 from pe_engine.outputs import OutputAccumulator
-from pe_server.backends.base import Backend, EngineDeadError
-from pe_server.errors import APIError
+from pe_server.backends.base import Backend
+from pe_server.errors import APIError, EngineRequestError
 from pe_server.metrics import ServerMetrics
 from pe_server.sse import SlowReaderError
 
@@ -117,7 +117,7 @@ class Generation:
             if item is None:
                 num_open -= 1
             elif isinstance(item, BaseException):
-                raise engine_error(item)
+                raise engine_failure(item)
             else:
                 yield index, item
 
@@ -131,7 +131,7 @@ class Generation:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                raise engine_error(exc) from exc
+                raise engine_failure(exc)
         self._unfinished.discard(rid)
 
     async def final_outputs(self) -> list[RequestOutput]:
@@ -177,12 +177,12 @@ def abort_reason(exc_type: type[BaseException] | None) -> str:
     return "error"
 
 
-def engine_error(exc: BaseException) -> APIError:
-    """What a client is told when the backend failed mid-request (details only in the log)."""
-    if isinstance(exc, APIError):
+def engine_failure(exc: BaseException) -> BaseException:
+    """What the backend raised, as this request's failure: a refusal of the request (API or
+    validation error) as it is, anything else an :class:`EngineRequestError` (the client is
+    told only that the engine failed; :func:`~pe_server.errors.to_api_error` says so)."""
+    if isinstance(exc, (APIError, PEValidationError)):
         return exc
-    if isinstance(exc, PEValidationError):
-        return APIError.from_validation(exc)
-    if not isinstance(exc, EngineDeadError):
-        log.error("engine request failed", exc_info=exc)
-    return APIError.engine_failed()
+    failure = EngineRequestError("the engine failed while serving the request")
+    failure.__cause__ = exc
+    return failure

@@ -15,10 +15,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.web_urldispatcher import SystemRoute
 
-from pe_common.errors import PEValidationError
 from pe_server.auth import bearer_token, digest
 from pe_server.config import BYTES_IN_FLIGHT_FACTOR, SMALL_BODY_BYTES
-from pe_server.errors import APIError, error_response, from_http_exception
+from pe_server.errors import APIError, error_response, to_api_error
 from pe_server.state import BODY_KIND, BODY_LIMIT, REQUEST_ID, STATE, STREAM, policy_of
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -78,21 +77,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Turns every failure into the OpenAI envelope; nothing internal reaches the body."""
     try:
         return await handler(request)
-    except APIError as exc:
-        error = exc
-    except PEValidationError as exc:
-        error = APIError.from_validation(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        error = from_http_exception(exc)
+        error = to_api_error(exc)
     except asyncio.CancelledError:
         raise
     except ConnectionError:  # the client is gone: nothing can be sent, nothing to log
         return web.Response(status=CLIENT_GONE)
-    except Exception:
-        log.exception("request %s failed", request.get(REQUEST_ID))
-        error = APIError.internal()
+    except Exception as exc:
+        error = to_api_error(exc, request.get(REQUEST_ID))
     stream = request.get(STREAM)
     if stream is not None and stream.is_open:
         return stream.response  # the stream already reported the error itself

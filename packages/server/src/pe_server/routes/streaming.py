@@ -3,7 +3,6 @@ leaves or stops reading."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -11,12 +10,10 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from pe_server.errors import APIError
+from pe_server.errors import APIError, to_api_error
 from pe_server.generation import Generation
 from pe_server.sse import EventStream
 from pe_server.state import STREAM, ServerState
-
-log = logging.getLogger("pe_server")
 
 if TYPE_CHECKING:
     from pe_engine.outputs import CompletionOutput, Logprob, RequestOutput
@@ -57,11 +54,8 @@ class StreamSession:
             self.is_connected = False
         except Exception as exc:
             if not self.stream.is_open:
-                raise
-            if not isinstance(exc, APIError):
-                log.exception("stream %s failed", request_id)
-                exc = APIError.internal()
-            await self.send_error(exc)
+                raise  # the error middleware answers it with its status
+            await self.send_error(to_api_error(exc, request_id))
 
     async def send_error(self, error: APIError) -> None:
         """The final error event of a stream that already began (then ``[DONE]``)."""
@@ -72,14 +66,15 @@ class StreamSession:
             self.is_connected = False
 
     async def outputs(self, gen: Generation) -> AsyncIterator[tuple[int, RequestOutput]]:
-        """The generation's outputs; an engine failure becomes a final error event."""
+        """The generation's outputs; a failure after the stream began becomes its final error
+        event (before, the error middleware answers it with its status)."""
         try:
             async for item in gen.outputs():
                 yield item
-        except APIError as error:
+        except Exception as exc:
             if not self.stream.is_open:
                 raise
-            await self.send_error(error)
+            await self.send_error(to_api_error(exc))
 
     async def send(self, payload: bytes) -> None:
         if not self.stream.is_open:
