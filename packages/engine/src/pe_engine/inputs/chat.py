@@ -32,6 +32,19 @@ ContentFormat = Literal["string", "openai"]
 REASONING_KEYS = ("reasoning", "reasoning_content")
 
 
+def check_reserved_text(*texts: str) -> None:
+    """Text may not smuggle in the sentinel that marks embeds splice positions (vLLM's rule
+    and wording; checked only where prompt embeds are enabled)."""
+    if any(PROMPT_EMBEDS_TOKEN in text for text in texts):
+        raise InvalidRequestError(
+            f"Text content may not contain the reserved placeholder '{PROMPT_EMBEDS_TOKEN}'. "
+            "This placeholder is used internally to mark `prompt_embeds` splice positions in "
+            "the tokenized prompt.",
+            code="reserved_placeholder",
+            param="messages",
+        )
+
+
 def make_marker(index: int) -> str:
     return f"{MARKER_PREFIX}{index}__"
 
@@ -177,13 +190,8 @@ class ChatPromptBuilder:
     def _check_reserved(self, text: str) -> None:
         # Only a server that splices embeds reserves the sentinel (as vLLM): without the flag the
         # text is rendered with the plain tokenizer and the string is ordinary text.
-        if self.enable_prompt_embeds and PROMPT_EMBEDS_TOKEN in text:
-            raise InvalidRequestError(
-                f"Text content may not contain the reserved placeholder '{PROMPT_EMBEDS_TOKEN}'. "
-                "Use a prompt_embeds content part instead.",
-                code="reserved_placeholder",
-                param="messages",
-            )
+        if self.enable_prompt_embeds:
+            check_reserved_text(text)
 
     def _expand_sentinels(self, ids: list[int], tensors: list[torch.Tensor], text: str) -> Prompt:
         positions = [i for i, t in enumerate(ids) if t == self._sentinel_id]

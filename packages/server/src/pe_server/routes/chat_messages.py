@@ -11,18 +11,6 @@ from pe_server.errors import APIError
 if TYPE_CHECKING:
     import torch
 
-PLACEHOLDER = "<prompt_embeds>"
-
-
-def reserved_placeholder_error() -> APIError:
-    return APIError.bad_request(
-        f"Text content may not contain the reserved placeholder '{PLACEHOLDER}'. This "
-        "placeholder is used internally to mark `prompt_embeds` splice positions in the "
-        "tokenized prompt.",
-        code="reserved_placeholder",
-        param="messages",
-    )
-
 
 @dataclass
 class ChatInput:
@@ -33,9 +21,11 @@ class ChatInput:
     texts: list[str]
 
     def check_reserved_text(self) -> None:
-        """With embeds enabled, text may not smuggle in splice markers."""
-        if any(PLACEHOLDER in text for text in self.texts):
-            raise reserved_placeholder_error()
+        """With embeds enabled, text may not smuggle in splice markers (the chat builder's
+        rule, checked here before anything is decoded)."""
+        from pe_engine.inputs.chat import check_reserved_text
+
+        check_reserved_text(*self.texts)
 
     def messages(self, tensors: list[torch.Tensor]) -> list[dict[str, Any]]:
         """Builder input: every embeds part replaced by its decoded tensor, in order."""
