@@ -21,12 +21,15 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 @pytest.fixture(scope="module")
 def engine(tiny_llama_dir: Path) -> LLMEngine:
-    return LLMEngine(
-        EngineConfig(
-            model=str(tiny_llama_dir), dtype="float32", device="cpu", max_model_len=64,
-            num_kv_blocks=16, block_size=8,
-        )  # fmt: skip
+    config = EngineConfig(
+        model=str(tiny_llama_dir),
+        dtype="float32",
+        device="cpu",
+        max_model_len=64,
+        num_kv_blocks=16,
+        block_size=8,
     )
+    return LLMEngine(config)
 
 
 def test_check_contents_marks_the_prompt(engine: LLMEngine) -> None:
@@ -37,9 +40,7 @@ def test_check_contents_marks_the_prompt(engine: LLMEngine) -> None:
     assert prompt == build_token_prompt([1, 2, 3])  # the mark is not part of the value
 
 
-def test_engine_trusts_a_checked_prompt(
-    engine: LLMEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_engine_trusts_a_checked_prompt(engine: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> None:
     prompt = engine.prompt_builder.check_contents(build_token_prompt([1, 2, 3]))
     raw = build_token_prompt([1, 2, 3])
 

@@ -131,7 +131,10 @@ class Generation:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                raise engine_failure(exc)
+                failure = engine_failure(exc)
+                if failure is exc:
+                    raise
+                raise failure from exc
         self._unfinished.discard(rid)
 
     async def final_outputs(self) -> list[RequestOutput]:
