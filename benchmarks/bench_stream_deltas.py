@@ -124,7 +124,7 @@ def export(rev: str, dest: Path) -> None:
 
 
 def build_model(dest: Path, num_tokens: int) -> Path:
-    from pe_engine.model.random_model import build_random_model
+    from pe_engine.models.random_model import build_random_model
 
     return build_random_model(dest / "tiny", max_position_embeddings=num_tokens + 64)
 

@@ -1,6 +1,6 @@
 """Soak test for pe-server: mixed traffic for a long time, then check nothing leaked.
 
-Starts a server (a tiny random Llama built with pe_engine.model.random_model, or --model DIR) on
+Starts a server (a tiny random Llama built with pe_engine.models.random_model, or --model DIR) on
 127.0.0.1 and runs --concurrency clients for --duration seconds (default 600) sending a random
 mix of text completions, prompt-embeds completions and chat requests with an embeds part,
 streaming and not, with a share of clients that disconnect mid-request (--disconnect-rate).
@@ -284,8 +284,9 @@ async def take_sample(
 
 
 def build_model(workdir: Path) -> Path:
+    from pe_engine.models.random_model import build_random_model
+
     from pe_engine.demo_model import smollm2_tokenizer_dir
-    from pe_engine.model.random_model import build_random_model
 
     return build_random_model(workdir / "tiny-llama", tokenizer_dir=smollm2_tokenizer_dir())
 

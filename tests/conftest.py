@@ -42,7 +42,7 @@ def tiny_models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _build(root: Path, name: str, tokenizer_dir: Path, **kwargs: Any) -> Path:
-    from pe_engine.model.random_model import build_random_model
+    from pe_engine.models.random_model import build_random_model
 
     return build_random_model(root / name, tokenizer_dir=tokenizer_dir, **kwargs)
 

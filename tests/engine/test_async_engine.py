@@ -13,8 +13,8 @@ import pytest
 
 from pe_engine import AsyncEngine, EngineConfig, EngineDeadError, EngineStepError, SamplingParams
 from pe_engine.async_engine import MAX_CONSECUTIVE_STEP_FAILURES
+from pe_engine.core.llm_engine import FAULT_STAGES, EngineFatalError
 from pe_engine.inputs.prompt_builder import build_text_prompt
-from pe_engine.llm_engine import FAULT_STAGES, EngineFatalError
 from pe_engine.outputs import OutputAccumulator, RequestOutputKind
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -402,7 +402,7 @@ async def test_the_engine_thread_is_the_one_multithreaded_kernel_user(
     tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The model loads on a thread that exits, the engine thread runs kernels on the configured
-    count, and threads that start kernels later get one (pe_engine/model/kernel_threads.py)."""
+    count, and threads that start kernels later get one (pe_engine/models/kernel_threads.py)."""
     import threading
 
     import torch

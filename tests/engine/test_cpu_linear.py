@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from pe_engine.models.cpu_linear import PackedLinear, onednn_linear_works, pack_linears
 from torch import nn
 
 from pe_engine import LLM, SamplingParams
-from pe_engine.model.cpu_linear import PackedLinear, onednn_linear_works, pack_linears
 
 pytestmark = [
     pytest.mark.usefixtures("torch_single_thread"),
@@ -69,7 +69,7 @@ def test_onednn_and_torch_linears_generate_the_same_tokens(
 
 def test_row_counts_round_up_to_few_shapes() -> None:
     """oneDNN keeps state per input shape: every batch size maps onto ~40 padded ones."""
-    from pe_engine.model.cpu_linear import padded_rows
+    from pe_engine.models.cpu_linear import padded_rows
 
     assert [padded_rows(n) for n in (1, 2, 3, 5, 17, 32)] == [1, 2, 4, 8, 32, 32]
     assert [padded_rows(n) for n in (33, 257, 1025, 2048)] == [48, 320, 1152, 2048]

@@ -11,9 +11,9 @@ import torch
 
 from pe_common.errors import InvalidRequestError
 from pe_engine import EngineConfig, SamplingParams
+from pe_engine.core.llm_engine import LLMEngine
 from pe_engine.inputs import prompt_builder
 from pe_engine.inputs.prompt_builder import build_token_prompt
-from pe_engine.llm_engine import LLMEngine
 from pe_engine.prompt import Prompt
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

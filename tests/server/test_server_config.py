@@ -146,7 +146,7 @@ def test_chat_template_flag_reads_a_file_or_takes_the_template(tmp_path: Path) -
 def test_fault_stage_choices_are_the_engines_stages() -> None:
     from typing import get_args
 
-    from pe_engine.llm_engine import FAULT_STAGES
+    from pe_engine.core.llm_engine import FAULT_STAGES
 
     annotation = ServerConfig.model_fields["test_fault_stage"].annotation
     assert get_args(annotation) == FAULT_STAGES

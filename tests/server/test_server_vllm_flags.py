@@ -231,7 +231,7 @@ def test_help_groups_the_vllm_flags(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.fixture(scope="module")
 def model_4k(tiny_models_root: Path, smollm2_tokenizer_dir: Path) -> Path:
     """The tiny Llama with 4096 positions, so the docs' --max-model-len 4096 fits."""
-    from pe_engine.model.random_model import build_random_model
+    from pe_engine.models.random_model import build_random_model
 
     return build_random_model(
         tiny_models_root / "tiny-llama-4k",

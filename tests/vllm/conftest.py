@@ -14,7 +14,7 @@ from fake_upstream import FakeUpstream
 @pytest.fixture(scope="session")
 def vllm_tiny_dir(tiny_models_root: Path, smollm2_tokenizer_dir: Path) -> Path:
     """Llama: 2 layers, hidden 128, 2 heads of 64 (vLLM's CPU attention needs head_dim >= 32)."""
-    from pe_engine.model.random_model import build_random_model
+    from pe_engine.models.random_model import build_random_model
 
     return build_random_model(
         tiny_models_root / "vllm-tiny",

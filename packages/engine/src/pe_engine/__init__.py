@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pe_engine.async_engine import AsyncEngine, EngineDeadError
     from pe_engine.config import EngineConfig
+    from pe_engine.core.llm_engine import EngineStepError, LLMEngine
     from pe_engine.inputs.chat import ChatPromptBuilder
     from pe_engine.inputs.prompt_builder import PromptBuilder
     from pe_engine.llm import LLM
-    from pe_engine.llm_engine import EngineStepError, LLMEngine
     from pe_engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
     from pe_engine.prompt import Prompt
     from pe_engine.sampling_params import SamplingParams
@@ -25,8 +25,8 @@ _EXPORTS = {
     "ChatPromptBuilder": "pe_engine.inputs.chat",
     "EngineConfig": "pe_engine.config",
     "LLM": "pe_engine.llm",
-    "EngineStepError": "pe_engine.llm_engine",
-    "LLMEngine": "pe_engine.llm_engine",
+    "EngineStepError": "pe_engine.core.llm_engine",
+    "LLMEngine": "pe_engine.core.llm_engine",
     "CompletionOutput": "pe_engine.outputs",
     "Logprob": "pe_engine.outputs",
     "RequestMetrics": "pe_engine.outputs",

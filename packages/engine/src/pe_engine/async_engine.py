@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 from pe_engine.config import EngineConfig
+from pe_engine.core.llm_engine import EngineStepError, FaultInjector, LLMEngine
 from pe_engine.inputs.chat import ChatPromptBuilder
-from pe_engine.llm_engine import EngineStepError, FaultInjector, LLMEngine
-from pe_engine.model.kernel_threads import claim_kernel_threads
+from pe_engine.models.kernel_threads import claim_kernel_threads
 from pe_engine.outputs import RequestOutput, merge_delta
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams
@@ -78,7 +78,7 @@ class AsyncEngine:
 
     On the CPU the engine thread is the process's one multi-threaded kernel user: the model is
     loaded on a thread that then exits, and other threads run kernels on one thread
-    (:mod:`pe_engine.model.kernel_threads` says why).
+    (:mod:`pe_engine.models.kernel_threads` says why).
 
     Any exception on the engine thread outside the model runner's recoverable
     :class:`EngineStepError` kills the engine: every request in flight fails with

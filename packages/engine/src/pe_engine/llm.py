@@ -11,9 +11,9 @@ import torch
 from pe_common.codec import EmbedsLimits, decode_prompt_embeds, validate_prompt_embeds_tensor
 from pe_common.protocol.validation import check_cache_salt
 from pe_engine.config import EngineConfig
+from pe_engine.core.llm_engine import LLMEngine
 from pe_engine.inputs.chat import ChatPromptBuilder
 from pe_engine.inputs.prompt_builder import embeds_disabled_error
-from pe_engine.llm_engine import LLMEngine
 from pe_engine.outputs import OutputAccumulator, RequestOutput
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams

@@ -16,7 +16,7 @@ import torch
 
 from pe_engine.attention.backend import AttentionBackend, AttentionMetadata
 from pe_engine.attention.kernels import triton_paged
-from pe_engine.model.batch import to_device
+from pe_engine.models.batch import to_device
 
 _FLASH_DTYPES = (torch.float16, torch.bfloat16)
 

@@ -20,7 +20,7 @@ from pe_engine.outputs import (
 if TYPE_CHECKING:
     from pe_engine.core.scheduler import Scheduler
     from pe_engine.core.sequence import Sequence
-    from pe_engine.model.runner import SampleResult
+    from pe_engine.models.runner import SampleResult
     from pe_engine.prompt import Prompt
     from pe_engine.sampling_params import SamplingParams
 

@@ -12,7 +12,7 @@ from pe_engine.core.detokenizer import IncrementalDetokenizer
 from pe_engine.core.sequence import Sequence, SequenceStatus
 
 if TYPE_CHECKING:
-    from pe_engine.model.runner import SampleResult
+    from pe_engine.models.runner import SampleResult
 
 FINISH_REASONS = {
     SequenceStatus.FINISHED_STOPPED: "stop",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from pe_engine.attention.backend import AttentionBackend, AttentionMetadata, PrefillSpan
-from pe_engine.model.llama import LlamaForCausalLM
+from pe_engine.models.llama import LlamaForCausalLM
 
 
 def warmup_forward(

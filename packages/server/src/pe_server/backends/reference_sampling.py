@@ -28,7 +28,7 @@ class StepSampler:
         tokenizer: Any,
         eos_token_ids: frozenset[int],
     ) -> None:
-        """``eos_token_ids``: the model's one EOS set (``pe_engine.model.eos``), as the engine's."""
+        """``eos_token_ids``: the model's one EOS set (``pe_engine.models.eos``), as the engine's."""
         self.params = params
         self.tokenizer = tokenizer
         self.eos_ids = frozenset() if params.ignore_eos else eos_token_ids

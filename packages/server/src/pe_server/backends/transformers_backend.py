@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pe_engine.models.eos import eos_token_ids
 
-from pe_engine.model.eos import eos_token_ids
 from pe_engine.outputs import CompletionOutput, Logprob, RequestOutput, RequestOutputKind
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams

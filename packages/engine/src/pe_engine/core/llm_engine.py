@@ -13,8 +13,8 @@ from pe_engine.core.output_processor import OutputProcessor, RequestState
 from pe_engine.core.scheduler import Scheduler
 from pe_engine.core.sequence import Sequence, SequenceStatus
 from pe_engine.inputs.prompt_builder import PromptBuilder
-from pe_engine.model.eos import eos_token_ids
-from pe_engine.model.runner import ModelRunner, SampleResult, StepOutput, check_model_dir
+from pe_engine.models.eos import eos_token_ids
+from pe_engine.models.runner import ModelRunner, SampleResult, StepOutput, check_model_dir
 from pe_engine.outputs import RequestOutput
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams

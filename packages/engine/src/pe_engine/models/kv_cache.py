@@ -7,7 +7,7 @@ import torch
 
 from pe_engine.attention.backend import AttentionBackend
 from pe_engine.config import DEFAULT_CPU_KV_CACHE_MEMORY, EngineConfig
-from pe_engine.model.llama import LlamaArgs, LlamaForCausalLM
+from pe_engine.models.llama import LlamaArgs, LlamaForCausalLM
 
 
 def bytes_per_block(args: LlamaArgs, block_size: int, dtype: torch.dtype) -> int:

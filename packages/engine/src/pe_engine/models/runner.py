@@ -13,12 +13,12 @@ from pe_engine.attention import cpu as cpu_attention
 from pe_engine.attention.backend import AttentionBackend, TorchAttentionBackend
 from pe_engine.config import EngineConfig
 from pe_engine.core.sequence import Sequence
-from pe_engine.model.batch import Batch, BatchPreparer, to_device
-from pe_engine.model.eos import eos_token_ids as model_eos_token_ids
-from pe_engine.model.kernel_threads import configure_threads
-from pe_engine.model.kv_cache import allocate_kv_cache, bytes_per_block, num_kv_blocks
-from pe_engine.model.loader import load_model
-from pe_engine.model.sampler import Sampler, SampleResult, prompt_logprobs
+from pe_engine.models.batch import Batch, BatchPreparer, to_device
+from pe_engine.models.eos import eos_token_ids as model_eos_token_ids
+from pe_engine.models.kernel_threads import configure_threads
+from pe_engine.models.kv_cache import allocate_kv_cache, bytes_per_block, num_kv_blocks
+from pe_engine.models.loader import load_model
+from pe_engine.models.sampler import Sampler, SampleResult, prompt_logprobs
 
 if TYPE_CHECKING:
     from pe_engine.cuda.graphs import DecodeGraphs
@@ -46,7 +46,7 @@ class ModelRunner:
     fault_injector: Callable[[str], None] | None = None
 
     def __init__(self, config: EngineConfig, *, eos_token_ids: Iterable[int] | None = None) -> None:
-        """``eos_token_ids``: the engine's one EOS set (``pe_engine.model.eos``); when None, the
+        """``eos_token_ids``: the engine's one EOS set (``pe_engine.models.eos``); when None, the
         model files' (a runner used without a tokenizer)."""
         check_model_dir(config)
         self.config = config
@@ -101,7 +101,7 @@ class ModelRunner:
         choice = self.config.cpu_linear
         if self.device.type != "cpu" or self.dtype != torch.float32 or choice == "torch":
             return
-        from pe_engine.model.cpu_linear import PackedLinear, onednn_linear_works, pack_linears
+        from pe_engine.models.cpu_linear import PackedLinear, onednn_linear_works, pack_linears
 
         if not onednn_linear_works():
             if choice == "onednn":

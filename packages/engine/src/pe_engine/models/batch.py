@@ -10,7 +10,7 @@ import torch
 
 from pe_engine.attention.backend import AttentionBackend, AttentionMetadata, PrefillSpan
 from pe_engine.core.sequence import Sequence
-from pe_engine.model.llama import LlamaForCausalLM
+from pe_engine.models.llama import LlamaForCausalLM
 
 
 @dataclass

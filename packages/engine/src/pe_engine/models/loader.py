@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from pe_engine.attention.backend import AttentionBackend
-from pe_engine.model.llama import LlamaArgs, LlamaForCausalLM
+from pe_engine.models.llama import LlamaArgs, LlamaForCausalLM
 
 SUPPORTED_ARCHITECTURES = (
     "LlamaForCausalLM",
