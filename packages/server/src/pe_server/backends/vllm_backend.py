@@ -19,12 +19,13 @@ from typing import Any
 
 import torch
 
-from pe_engine.outputs import CompletionOutput, Logprob, RequestOutput, RequestOutputKind
+from pe_engine.outputs import CompletionOutput, Logprob, RequestOutput
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams
 from pe_server.backends.base import BackendStats, EngineDeadError, ModelInfo
 from pe_server.backends.hf_model import load_model_files
 from pe_server.backends.vllm_limits import check_vllm_request
+from pe_server.backends.vllm_mapping import DeltaMerger, sampling_fields
 from pe_server.config import ServerConfig
 from pe_server.errors import APIError
 
@@ -177,65 +178,25 @@ def to_vllm_params(params: SamplingParams) -> Any:
     from vllm import SamplingParams as VllmSamplingParams
 
     return VllmSamplingParams(
-        n=params.n,
-        temperature=params.temperature,
-        top_p=params.top_p,
-        top_k=params.top_k,
-        min_p=params.min_p,
-        seed=params.seed,
-        presence_penalty=params.presence_penalty,
-        frequency_penalty=params.frequency_penalty,
-        repetition_penalty=params.repetition_penalty,
-        max_tokens=params.max_tokens,
-        min_tokens=params.min_tokens,
-        stop=list(params.stop),
-        stop_token_ids=list(params.stop_token_ids),
-        ignore_eos=params.ignore_eos,
-        logprobs=params.logprobs,
+        **sampling_fields(params),
         prompt_logprobs=params.prompt_logprobs,
-        skip_special_tokens=params.skip_special_tokens,
-        include_stop_str_in_output=params.include_stop_str_in_output,
         output_kind=VllmOutputKind.DELTA,
     )
 
 
-class OutputMerger:
-    """vLLM's delta ``RequestOutput`` objects (one branch each when n > 1) -> pe's deltas,
-    shaped as pe-engine's: every branch not done, with nothing new where vLLM did not report
-    it this time."""
-
-    def __init__(self, request_id: str, prompt: Prompt, params: SamplingParams) -> None:
-        self.request_id = request_id
-        self.prompt = prompt
-        self.prompt_token_ids = None if prompt.is_pure_embeds else list(prompt.token_ids)
-        self.wants_logprobs = params.logprobs is not None
-        self.is_done = [False] * params.n
-        self.cumulative_logprobs: list[float | None] = [None] * params.n
+class OutputMerger(DeltaMerger):
+    """vLLM's delta ``RequestOutput`` objects (one branch each when n > 1) -> pe's deltas."""
 
     def add(self, output: Any) -> RequestOutput:
-        reported = {int(c.index): c for c in output.outputs}
-        deltas = []
-        for index, is_done in enumerate(self.is_done):
-            if is_done:
-                continue
-            completion = reported.get(index)
-            delta = self._empty(index) if completion is None else to_pe_completion(completion)
-            self.is_done[index] = delta.finish_reason is not None
-            self.cumulative_logprobs[index] = delta.cumulative_logprob
-            deltas.append(delta)
-        return RequestOutput(
-            request_id=self.request_id,
-            prompt=self.prompt.text,
-            prompt_token_ids=self.prompt_token_ids,
-            outputs=deltas,
+        return self._merge(
+            {int(c.index): c for c in output.outputs},
             finished=bool(output.finished),
-            metrics=None,
-            num_prompt_tokens=self.prompt.num_tokens,
             num_cached_tokens=int(getattr(output, "num_cached_tokens", None) or 0),
-            kind=RequestOutputKind.DELTA,
         )
 
-    def _empty(self, index: int) -> CompletionOutput:
+    def _delta(self, index: int, completion: Any) -> CompletionOutput:
+        if completion is not None:
+            return to_pe_completion(completion)
         return CompletionOutput(
             index=index,
             text="",

@@ -20,7 +20,7 @@ import aiohttp
 import torch
 
 from pe_common.codec import encode_prompt_embeds
-from pe_engine.outputs import CompletionOutput, Logprob, RequestOutput, RequestOutputKind
+from pe_engine.outputs import CompletionOutput, Logprob, RequestOutput
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams
 from pe_server.backends import BackendUnavailableError
@@ -28,6 +28,7 @@ from pe_server.backends.base import BackendStats, EngineDeadError, ModelInfo
 from pe_server.backends.embedding_table import EmbeddingTable
 from pe_server.backends.hf_model import load_model_files
 from pe_server.backends.vllm_limits import check_vllm_request
+from pe_server.backends.vllm_mapping import DeltaMerger, sampling_fields
 from pe_server.config import ServerConfig
 from pe_server.errors import APIError
 
@@ -167,7 +168,7 @@ class VllmRemoteBackend:
 
     def request_body(self, prompt: Prompt, params: SamplingParams) -> bytes:
         """The upstream ``/v1/completions`` JSON body for one prompt (always streamed)."""
-        body: dict[str, Any] = {"model": self.upstream_model, **sampling_fields(params)}
+        body: dict[str, Any] = {"model": self.upstream_model, **remote_sampling_fields(params)}
         if prompt.prompt_embeds is None:
             body["prompt"] = list(prompt.token_ids)
         else:
@@ -186,27 +187,10 @@ class VllmRemoteBackend:
         return json.dumps(body).encode()
 
 
-def sampling_fields(params: SamplingParams) -> dict[str, Any]:
-    """pe's SamplingParams as vLLM completions fields (same names and meaning)."""
-    fields: dict[str, Any] = {
-        "n": params.n,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "top_k": params.top_k or -1,
-        "min_p": params.min_p,
-        "seed": params.seed,
-        "presence_penalty": params.presence_penalty,
-        "frequency_penalty": params.frequency_penalty,
-        "repetition_penalty": params.repetition_penalty,
-        "max_tokens": params.max_tokens,
-        "min_tokens": params.min_tokens,
-        "stop": list(params.stop),
-        "stop_token_ids": list(params.stop_token_ids),
-        "ignore_eos": params.ignore_eos,
-        "logprobs": params.logprobs,
-        "skip_special_tokens": params.skip_special_tokens,
-        "include_stop_str_in_output": params.include_stop_str_in_output,
-    }
+def remote_sampling_fields(params: SamplingParams) -> dict[str, Any]:
+    """pe's SamplingParams as vLLM completions fields; unset ones left out, no top-k as -1."""
+    fields = sampling_fields(params)
+    fields["top_k"] = params.top_k or -1
     return {k: v for k, v in fields.items() if v is not None}
 
 
@@ -226,44 +210,20 @@ async def sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, An
         yield event
 
 
-class StreamMerger:
-    """Upstream completion chunks (already deltas) -> pe's delta ``RequestOutput`` objects,
-    shaped as pe-engine's: every branch not done, with nothing new where the chunk has no
-    choice for it."""
+class StreamMerger(DeltaMerger):
+    """Upstream completion chunks (already deltas) -> pe's delta ``RequestOutput`` objects."""
 
     def __init__(self, request_id: str, prompt: Prompt, params: SamplingParams) -> None:
-        self.request_id = request_id
-        self.prompt = prompt
-        self.prompt_token_ids = None if prompt.is_pure_embeds else list(prompt.token_ids)
-        self.wants_logprobs = params.logprobs is not None
-        self.is_done = [False] * params.n
-        self.cumulative_logprobs = [0.0 if self.wants_logprobs else None] * params.n
-
-    @property
-    def finished(self) -> bool:
-        return all(self.is_done)
+        super().__init__(request_id, prompt, params, initial_logprob=0.0)
 
     def add(self, chunk: dict[str, Any]) -> RequestOutput | None:
         choices = chunk.get("choices") or []
         if not choices:
             return None
-        reported = {int(choice["index"]): choice for choice in choices}
-        deltas = []
-        for index, is_done in enumerate(self.is_done):
-            if not is_done:
-                deltas.append(self._delta(index, reported.get(index) or {}))
-        return RequestOutput(
-            request_id=self.request_id,
-            prompt=self.prompt.text,
-            prompt_token_ids=self.prompt_token_ids,
-            outputs=deltas,
-            finished=self.finished,
-            metrics=None,
-            num_prompt_tokens=self.prompt.num_tokens,
-            kind=RequestOutputKind.DELTA,
-        )
+        return self._merge({int(choice["index"]): choice for choice in choices})
 
-    def _delta(self, index: int, choice: dict[str, Any]) -> CompletionOutput:
+    def _delta(self, index: int, choice: dict[str, Any] | None) -> CompletionOutput:
+        choice = choice or {}
         new_ids = [int(t) for t in choice.get("token_ids") or []]
         steps: list[dict[int, Logprob]] | None = [] if self.wants_logprobs else None
         logprobs = choice.get("logprobs")
@@ -274,7 +234,6 @@ class StreamMerger:
                     total = self.cumulative_logprobs[index] or 0.0
                     self.cumulative_logprobs[index] = total + step[token_id].logprob
         finish_reason = choice.get("finish_reason")
-        self.is_done[index] = finish_reason is not None
         return CompletionOutput(
             index=index,
             text=choice.get("text") or "",
