@@ -138,40 +138,27 @@ class APIError(Exception):
         )
 
     @classmethod
+    def _retry_later(cls, status: int, message: str, code: str, retry_after: int) -> APIError:
+        return cls(status, message, code=code, headers={"Retry-After": str(retry_after)})
+
+    @classmethod
     def overloaded(cls, retry_after: int, *, code: str = "server_overloaded") -> APIError:
-        return cls(
-            503,
-            "The server is at capacity; retry later.",
-            code=code,
-            headers={"Retry-After": str(retry_after)},
-        )
+        return cls._retry_later(503, "The server is at capacity; retry later.", code, retry_after)
 
     @classmethod
     def rate_limited(cls, retry_after: int) -> APIError:
-        return cls(
-            429,
-            "Too many concurrent requests for this API key; retry later.",
-            code="rate_limit_exceeded",
-            headers={"Retry-After": str(retry_after)},
-        )
+        message = "Too many concurrent requests for this API key; retry later."
+        return cls._retry_later(429, message, "rate_limit_exceeded", retry_after)
 
     @classmethod
     def draining(cls, retry_after: int) -> APIError:
-        return cls(
-            503,
-            "The server is shutting down; retry on another instance.",
-            code="server_draining",
-            headers={"Retry-After": str(retry_after)},
-        )
+        message = "The server is shutting down; retry on another instance."
+        return cls._retry_later(503, message, "server_draining", retry_after)
 
     @classmethod
     def engine_unavailable(cls, retry_after: int) -> APIError:
-        return cls(
-            503,
-            "The inference engine is not available.",
-            code="engine_unavailable",
-            headers={"Retry-After": str(retry_after)},
-        )
+        message = "The inference engine is not available."
+        return cls._retry_later(503, message, "engine_unavailable", retry_after)
 
     @classmethod
     def internal(cls) -> APIError:
