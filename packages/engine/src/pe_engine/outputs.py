@@ -82,6 +82,19 @@ class RequestOutput:
     kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
 
 
+def extend_logprobs(
+    logprobs: list[dict[int, Logprob]] | None, more: list[dict[int, Logprob]] | None
+) -> list[dict[int, Logprob]] | None:
+    """``logprobs`` with a delta's ``more`` appended in place (a new list where it had none);
+    None while no delta carried logprobs."""
+    if more is None:
+        return logprobs
+    if logprobs is None:
+        return list(more)
+    logprobs.extend(more)
+    return logprobs
+
+
 def merge_delta(into: RequestOutput, later: RequestOutput) -> None:
     """Fold delta ``later`` into delta ``into`` (a consumer that fell behind gets one output
     for several steps; nothing is dropped)."""
@@ -94,10 +107,7 @@ def merge_delta(into: RequestOutput, later: RequestOutput) -> None:
             continue
         earlier.text += out.text
         earlier.token_ids.extend(out.token_ids)
-        if out.logprobs is not None:
-            if earlier.logprobs is None:
-                earlier.logprobs = []
-            earlier.logprobs.extend(out.logprobs)
+        earlier.logprobs = extend_logprobs(earlier.logprobs, out.logprobs)
         earlier.cumulative_logprob = out.cumulative_logprob
         earlier.finish_reason, earlier.stop_reason = out.finish_reason, out.stop_reason
     into.finished = later.finished
@@ -121,10 +131,7 @@ class _BranchTotals:
         if out.text:
             self.texts.append(out.text)
         self.token_ids.extend(out.token_ids)
-        if out.logprobs is not None:
-            if self.logprobs is None:
-                self.logprobs = []
-            self.logprobs.extend(out.logprobs)
+        self.logprobs = extend_logprobs(self.logprobs, out.logprobs)
         self.cumulative_logprob = out.cumulative_logprob
         self.finish_reason, self.stop_reason = out.finish_reason, out.stop_reason
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from pe_engine.outputs import extend_logprobs
 from pe_server.errors import APIError, to_api_error
 from pe_server.generation import Generation
 from pe_server.sse import EventStream
@@ -112,10 +113,7 @@ class PendingChunk:
     def add(self, out: CompletionOutput) -> None:
         self.text += out.text
         self.token_ids.extend(out.token_ids)
-        if out.logprobs is not None:
-            if self.logprobs is None:
-                self.logprobs = []
-            self.logprobs.extend(out.logprobs)
+        self.logprobs = extend_logprobs(self.logprobs, out.logprobs)
         self.finish_reason, self.stop_reason = out.finish_reason, out.stop_reason
 
     def take(self) -> tuple[str, list[int], list[dict[int, Logprob]] | None]:
