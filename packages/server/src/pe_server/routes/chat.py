@@ -25,13 +25,13 @@ from pe_server.errors import APIError
 from pe_server.generation import Generation
 from pe_server.logprobs import chat_logprobs, wire_prompt_logprobs
 from pe_server.negotiation import struct_response
-from pe_server.request_builder import ChatOptions, PromptBuilder, check_context
+from pe_server.request_builder import ChatOptions, check_context
 from pe_server.routes.chat_messages import ChatInput, collect_chat_input
-from pe_server.routes.intake import check_model, decode_body
+from pe_server.routes.intake import Intake, take_in
 from pe_server.routes.streaming import PendingChunk, StreamSession
 from pe_server.routes.usage import make_usage
 from pe_server.sampling import build_sampling_params
-from pe_server.state import GENERATION, REQUEST_ID, STATE, ServerState
+from pe_server.state import GENERATION, REQUEST_ID, ServerState
 
 if TYPE_CHECKING:
     from pe_engine.outputs import CompletionOutput, RequestOutput
@@ -54,9 +54,9 @@ class ChatJob:
 @routes.post("/v1/chat/completions")
 @GENERATION
 async def create_chat_completion(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
-    req = await decode_body(request, decode_chat_request)
-    job = await prepare(state, req, request[REQUEST_ID])
+    intake = await take_in(request, decode_chat_request)
+    state, req = intake.state, intake.req
+    job = await prepare(intake, request[REQUEST_ID])
     salt_prompts(request, req.cache_salt, [job.prompt])
     if req.stream:
         return await stream_chat(request, state, job)
@@ -71,9 +71,8 @@ def requested_logprobs(req: ChatCompletionRequest) -> int | None:
     return (req.top_logprobs or 0) if req.logprobs else None
 
 
-async def prepare(state: ServerState, req: ChatCompletionRequest, request_id: str) -> ChatJob:
-    model = check_model(state, req.model)
-    builder = PromptBuilder(state)
+async def prepare(intake: Intake[ChatCompletionRequest], request_id: str) -> ChatJob:
+    state, req, model, builder = intake.state, intake.req, intake.model, intake.builder
     options = ChatOptions.of(req)
     builder.check_chat_options(options)
     chat: ChatInput = collect_chat_input(req.messages)

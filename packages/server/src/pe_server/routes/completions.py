@@ -23,12 +23,12 @@ from pe_server.errors import APIError
 from pe_server.generation import Generation
 from pe_server.logprobs import completion_logprobs, wire_prompt_logprobs
 from pe_server.negotiation import struct_response
-from pe_server.request_builder import PromptBuilder, check_context
-from pe_server.routes.intake import check_model, decode_body
+from pe_server.request_builder import check_context
+from pe_server.routes.intake import Intake, take_in
 from pe_server.routes.streaming import PendingChunk, StreamSession
 from pe_server.routes.usage import make_usage
 from pe_server.sampling import build_sampling_params
-from pe_server.state import GENERATION, REQUEST_ID, STATE, ServerState
+from pe_server.state import GENERATION, REQUEST_ID, ServerState
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -59,9 +59,9 @@ class CompletionJob:
 @routes.post("/v1/completions")
 @GENERATION
 async def create_completion(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
-    req = await decode_body(request, decode_completion_request)
-    job = await prepare(state, req, request[REQUEST_ID])
+    intake = await take_in(request, decode_completion_request)
+    state, req = intake.state, intake.req
+    job = await prepare(intake, request[REQUEST_ID])
     salt_prompts(request, req.cache_salt, job.prompts)
     if req.stream:
         return await stream_completion(request, state, job)
@@ -72,9 +72,8 @@ async def create_completion(request: web.Request) -> web.StreamResponse:
     return struct_response(request, completion_response(state, job, finals))
 
 
-async def prepare(state: ServerState, req: CompletionRequest, request_id: str) -> CompletionJob:
-    model = check_model(state, req.model)
-    builder = PromptBuilder(state)
+async def prepare(intake: Intake[CompletionRequest], request_id: str) -> CompletionJob:
+    state, req, model, builder = intake.state, intake.req, intake.model, intake.builder
     embeds = list(req.prompt_embeds or [])
     builder.check_embeds_allowed(len(embeds))
     texts = list(req.prompt or [])

@@ -3,15 +3,43 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 from aiohttp import web
 
 from pe_server.body import read_body
 from pe_server.errors import APIError
+from pe_server.request_builder import PromptBuilder
 from pe_server.state import BODY_KIND, BODY_LIMIT, STATE, ServerState
 
 T = TypeVar("T")
+
+
+class ModelRequest(Protocol):
+    @property
+    def model(self) -> str | None: ...
+
+
+R = TypeVar("R", bound=ModelRequest)
+
+
+@dataclass(frozen=True)
+class Intake(Generic[R]):
+    """A decoded request for a model this server serves, and the builder of its prompts."""
+
+    state: ServerState
+    req: R
+    model: str  # the served name to report
+    builder: PromptBuilder
+
+
+async def take_in(request: web.Request, decode: Callable[..., R]) -> Intake[R]:
+    """Decode the body, check its `model` and make the request's :class:`PromptBuilder`."""
+    state = request.app[STATE]
+    req = await decode_body(request, decode)
+    model = check_model(state, req.model)
+    return Intake(state, req, model, PromptBuilder(state))
 
 
 async def decode_body(request: web.Request, decode: Callable[..., T]) -> T:

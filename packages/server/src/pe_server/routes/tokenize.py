@@ -11,10 +11,10 @@ from pe_common.protocol import (
     decode_tokenize_request,
 )
 from pe_server.negotiation import struct_response
-from pe_server.request_builder import ChatOptions, PromptBuilder
+from pe_server.request_builder import ChatOptions
 from pe_server.routes.chat_messages import collect_chat_input
-from pe_server.routes.intake import check_model, decode_body
-from pe_server.state import SMALL_BODY, STATE
+from pe_server.routes.intake import take_in
+from pe_server.state import SMALL_BODY
 
 routes = web.RouteTableDef()
 
@@ -22,10 +22,8 @@ routes = web.RouteTableDef()
 @routes.post("/tokenize")
 @SMALL_BODY
 async def tokenize(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    req = await decode_body(request, decode_tokenize_request)
-    check_model(state, req.model)
-    builder = PromptBuilder(state)
+    intake = await take_in(request, decode_tokenize_request)
+    state, req, builder = intake.state, intake.req, intake.builder
     tokenizer = state.backend.tokenizer
     if req.messages is not None:
         options = ChatOptions.of(req)
@@ -56,10 +54,8 @@ async def tokenize(request: web.Request) -> web.Response:
 @routes.post("/detokenize")
 @SMALL_BODY
 async def detokenize(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    req = await decode_body(request, decode_detokenize_request)
-    check_model(state, req.model)
-    builder = PromptBuilder(state)
+    intake = await take_in(request, decode_detokenize_request)
+    state, req, builder = intake.state, intake.req, intake.builder
     builder.check_token_ids(req.tokens, param="tokens")
     tokenizer = state.backend.tokenizer
     text = await builder.run(lambda: str(tokenizer.decode(req.tokens)))
