@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from pe_engine.outputs import RequestOutput
     from pe_engine.prompt import Prompt
     from pe_engine.sampling_params import SamplingParams
+    from pe_server.config import ServerConfig
 
 
 class EngineDeadError(RuntimeError):
@@ -88,3 +89,16 @@ class Backend(Protocol):
     async def abort(self, request_id: str) -> None: ...
 
     def stats(self) -> BackendStats: ...
+
+
+class ModelBackend:
+    """What every backend holds from construction: its config, and the tokenizer, chat
+    builder and model sizes that ``start`` fills in once the model is loaded."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        import torch
+
+        self._config = config
+        self.tokenizer: Any = None
+        self.chat_builder: Any = None
+        self.info = ModelInfo(hidden_size=0, max_model_len=0, dtype=torch.float32, vocab_size=0)

@@ -7,10 +7,8 @@ import logging
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from pe_common.errors import PEValidationError
-from pe_server.backends.base import BackendStats, EngineDeadError, ModelInfo
+from pe_server.backends.base import BackendStats, EngineDeadError, ModelBackend, ModelInfo
 from pe_server.config import ServerConfig
 
 if TYPE_CHECKING:
@@ -34,7 +32,7 @@ class FaultAfterSteps:
             raise RuntimeError(f"injected fault at the {stage} stage of engine step {step}")
 
 
-class NativeBackend:
+class NativeBackend(ModelBackend):
     """:class:`~pe_server.backends.base.Backend` on ``pe_engine.AsyncEngine``."""
 
     name = "native"
@@ -42,11 +40,8 @@ class NativeBackend:
     supports_best_of = True
 
     def __init__(self, config: ServerConfig) -> None:
-        self._config = config
+        super().__init__(config)
         self.engine: Any = None
-        self.tokenizer: Any = None
-        self.chat_builder: Any = None
-        self.info = ModelInfo(hidden_size=0, max_model_len=0, dtype=torch.float32, vocab_size=0)
 
     @property
     def is_healthy(self) -> bool:

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pe_engine.models.eos import eos_token_ids
 
+from pe_engine.models.eos import eos_token_ids
 from pe_engine.outputs import CompletionOutput, Logprob, RequestOutput, RequestOutputKind
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams
-from pe_server.backends.base import BackendStats, EngineDeadError, ModelInfo
+from pe_server.backends.base import BackendStats, EngineDeadError, ModelBackend, ModelInfo
 from pe_server.backends.reference_sampling import StepSampler
 from pe_server.config import ServerConfig
 
@@ -29,7 +29,7 @@ log = logging.getLogger("pe_server")
 Emit = Callable[[RequestOutput], None]
 
 
-class TransformersBackend:
+class TransformersBackend(ModelBackend):
     """HF ``AutoModelForCausalLM`` behind the :class:`~pe_server.backends.base.Backend` protocol."""
 
     name = "transformers"
@@ -37,17 +37,14 @@ class TransformersBackend:
     supports_best_of = False
 
     def __init__(self, config: ServerConfig) -> None:
-        self._config = config
+        super().__init__(config)
         self._lock = asyncio.Lock()
         self._aborted: set[str] = set()
         self._running: str | None = None
         self._num_waiting = 0
         self._is_dead = False
         self.model: Any = None
-        self.tokenizer: Any = None
         self.eos_token_ids: frozenset[int] = frozenset()
-        self.chat_builder: Any = None
-        self.info = ModelInfo(hidden_size=0, max_model_len=0, dtype=torch.float32, vocab_size=0)
 
     @property
     def is_healthy(self) -> bool:

@@ -22,7 +22,7 @@ import torch
 from pe_engine.outputs import CompletionOutput, Logprob, RequestOutput
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams
-from pe_server.backends.base import BackendStats, EngineDeadError, ModelInfo
+from pe_server.backends.base import BackendStats, EngineDeadError, ModelBackend, ModelInfo
 from pe_server.backends.hf_model import load_model_files
 from pe_server.backends.vllm_limits import check_vllm_request
 from pe_server.backends.vllm_mapping import DeltaMerger, sampling_fields
@@ -72,7 +72,7 @@ def build_engine_args(argv: list[str]) -> Any:
     return AsyncEngineArgs.from_cli_args(parser.parse_args(argv))
 
 
-class VllmBackend:
+class VllmBackend(ModelBackend):
     """:class:`~pe_server.backends.base.Backend` on ``vllm.v1.engine.async_llm.AsyncLLM``."""
 
     name = "vllm"
@@ -80,11 +80,8 @@ class VllmBackend:
     supports_best_of = False
 
     def __init__(self, config: ServerConfig) -> None:
-        self._config = config
+        super().__init__(config)
         self.engine: Any = None
-        self.tokenizer: Any = None
-        self.chat_builder: Any = None
-        self.info = ModelInfo(hidden_size=0, max_model_len=0, dtype=torch.float32, vocab_size=0)
         self._num_running = 0
 
     @property

@@ -83,7 +83,7 @@ class DeltaMerger:
             prompt_token_ids=self.prompt_token_ids,
             outputs=deltas,
             finished=self.finished if finished is None else finished,
-            metrics=None,
+            metrics=None,  # type: ignore[arg-type]  # as vLLM: a backend without metrics
             num_prompt_tokens=self.prompt.num_tokens,
             num_cached_tokens=num_cached_tokens,
             kind=RequestOutputKind.DELTA,

@@ -17,14 +17,13 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp
-import torch
 
 from pe_common.codec import encode_prompt_embeds
 from pe_engine.outputs import CompletionOutput, Logprob, RequestOutput
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams
 from pe_server.backends import BackendUnavailableError
-from pe_server.backends.base import BackendStats, EngineDeadError, ModelInfo
+from pe_server.backends.base import BackendStats, EngineDeadError, ModelBackend, ModelInfo
 from pe_server.backends.embedding_table import EmbeddingTable
 from pe_server.backends.hf_model import load_model_files
 from pe_server.backends.vllm_limits import check_vllm_request
@@ -42,7 +41,7 @@ READ_BUFSIZE = 2**20
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
-class VllmRemoteBackend:
+class VllmRemoteBackend(ModelBackend):
     """:class:`~pe_server.backends.base.Backend` forwarding to a vLLM OpenAI server."""
 
     name = "vllm-remote"
@@ -52,15 +51,12 @@ class VllmRemoteBackend:
     def __init__(self, config: ServerConfig) -> None:
         if not config.upstream:
             raise ValueError("--backend vllm-remote needs --upstream URL")
-        self._config = config
+        super().__init__(config)
         self.upstream = config.upstream.rstrip("/")
         if self.upstream.endswith("/v1"):
             self.upstream = self.upstream[: -len("/v1")]
         self.upstream_model = ""
         self.table: EmbeddingTable | None = None
-        self.tokenizer: Any = None
-        self.chat_builder: Any = None
-        self.info = ModelInfo(hidden_size=0, max_model_len=0, dtype=torch.float32, vocab_size=0)
         self._session: aiohttp.ClientSession | None = None
         self._responses: dict[str, aiohttp.ClientResponse] = {}
 
