@@ -296,7 +296,7 @@ def check(http: httpx.Client, path: str, body: dict[str, Any]) -> None:
         return
     assert r.status_code == 200
     if r.headers["content-type"].startswith("text/event-stream"):
-        events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+        events = [line[6:] for line in text.split("\n") if line.startswith("data: ")]
         assert events and events[-1] == "[DONE]", text[-300:]
         for event in events[:-1]:
             assert "error" not in json.loads(event), event
