@@ -59,11 +59,16 @@ def parse_torch_zip(buf: memoryview, limits: EmbedsLimits, target_dtype: str) ->
 def check_float(dtype: str, target_dtype: str) -> None:
     """vLLM casts any floating payload to the model's dtype and refuses the rest."""
     if dtype not in FLOAT_DTYPES:
-        raise PromptEmbedsError(
-            f"`prompt_embeds` dtype torch.{dtype} is not a floating-point type, cannot safely "
-            f"cast to the model's dtype torch.{target_dtype}.",
-            code="unsupported_dtype",
-        )
+        raise not_floating_error(f"torch.{dtype}", f"torch.{target_dtype}")
+
+
+def not_floating_error(dtype: str, target_dtype: str) -> PromptEmbedsError:
+    """vLLM's words for a payload whose dtype is not floating-point (full torch names)."""
+    return PromptEmbedsError(
+        f"`prompt_embeds` dtype {dtype} is not a floating-point type, cannot safely cast to "
+        f"the model's dtype {target_dtype}.",
+        code="unsupported_dtype",
+    )
 
 
 def _storage_view(tensor: PickledTensor, entries: dict[str, memoryview], prefix: str) -> TensorView:

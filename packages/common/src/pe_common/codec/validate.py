@@ -8,6 +8,7 @@ from pe_common.codec.decode import check_hidden_size, param_scope
 from pe_common.codec.limits import EmbedsLimits
 from pe_common.codec.sparse import SparseArrays, check_dense_budget, densify
 from pe_common.codec.tensor_view import check_shape
+from pe_common.codec.torch_zip import not_floating_error
 from pe_common.errors import PromptEmbedsError
 
 if TYPE_CHECKING:
@@ -38,16 +39,13 @@ def validate_prompt_embeds_tensor(
     check_hidden_size(hidden_size)
     with param_scope(param):
         _check_kind(t)
-        if _sparse_layout(t) is not None:
-            t = _densify(t, limits)
+        layout = _sparse_layout(t)
+        if layout is not None:
+            t = _densify(t, layout, limits)
         itemsize = max(t.element_size(), dtype.itemsize)
         check_shape(tuple(t.shape), hidden_size=hidden_size, itemsize=itemsize, limits=limits)
         if not t.is_floating_point():
-            raise PromptEmbedsError(
-                f"`prompt_embeds` dtype {t.dtype} is not a floating-point type, cannot safely "
-                f"cast to the model's dtype {dtype}.",
-                code="unsupported_dtype",
-            )
+            raise not_floating_error(str(t.dtype), str(dtype))
         source = t.detach()
         if source.dim() == 3:
             source = source[0]
@@ -63,7 +61,7 @@ def _sparse_layout(t: torch.Tensor) -> str | None:
     return {torch.sparse_coo: "coo", torch.sparse_csr: "csr", torch.sparse_csc: "csc"}.get(t.layout)
 
 
-def _densify(t: torch.Tensor, limits: EmbedsLimits) -> torch.Tensor:
+def _densify(t: torch.Tensor, layout: str, limits: EmbedsLimits) -> torch.Tensor:
     """The codec's checked densify (never ``to_dense()`` on unchecked indices)."""
     import torch
 
@@ -71,7 +69,6 @@ def _densify(t: torch.Tensor, limits: EmbedsLimits) -> torch.Tensor:
     if not t.is_floating_point():
         return t  # refused below with the dtype message
     source = t.detach().cpu()
-    layout = _sparse_layout(t) or "coo"
     if layout == "coo":
         indices: tuple[torch.Tensor, ...] = (source._indices(),)
         values = source._values()
