@@ -105,9 +105,8 @@ def main() -> None:
             "bench_cuda.py needs an NVIDIA GPU and a CUDA build of torch "
             "(torch.cuda.is_available() is False here); the CPU benchmark is bench_offline.py."
         )
-    from pe_engine.models.random_model import build_random_model
-
     from pe_engine import LLM, SamplingParams
+    from pe_engine.models.random_model import build_random_model
 
     model_dir = args.model_dir or build_random_model(
         Path(tempfile.mkdtemp(prefix="pe-qwen3-0.6b-")), **QWEN3_0_6B_SHAPE

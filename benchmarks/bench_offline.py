@@ -255,9 +255,8 @@ def default_threads() -> int:
 
 
 def build_model(shape: str, cache: Path) -> Path:
-    from pe_engine.models.random_model import build_random_model
-
     from pe_engine.demo_model import smollm2_tokenizer_dir
+    from pe_engine.models.random_model import build_random_model
 
     if Path(shape).is_dir():
         return Path(shape)

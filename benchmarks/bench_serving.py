@@ -270,9 +270,8 @@ def offline_throughput(
 
 
 def build_model(name: str, workdir: Path) -> Path:
-    from pe_engine.models.random_model import build_random_model
-
     from pe_engine.demo_model import ensure_demo_model, smollm2_tokenizer_dir
+    from pe_engine.models.random_model import build_random_model
 
     if name == "random576":  # SmolLM2's width (576) on a shallow random Llama
         return build_random_model(

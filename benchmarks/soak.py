@@ -284,9 +284,8 @@ async def take_sample(
 
 
 def build_model(workdir: Path) -> Path:
-    from pe_engine.models.random_model import build_random_model
-
     from pe_engine.demo_model import smollm2_tokenizer_dir
+    from pe_engine.models.random_model import build_random_model
 
     return build_random_model(workdir / "tiny-llama", tokenizer_dir=smollm2_tokenizer_dir())
 

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 import torch
-from pe_engine.models.runner import ModelRunner
 
 from pe_engine import LLM, SamplingParams
 from pe_engine.attention import cpu as cpu_attention
 from pe_engine.attention.backend import AttentionMetadata, PrefillSpan, TorchAttentionBackend
 from pe_engine.attention.cpu import CpuAttentionBackend, KernelBuildError
 from pe_engine.config import EngineConfig
+from pe_engine.models.runner import ModelRunner
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from pe_engine.models.cpu_linear import PackedLinear, onednn_linear_works, pack_linears
 from torch import nn
 
 from pe_engine import LLM, SamplingParams
+from pe_engine.models.cpu_linear import PackedLinear, onednn_linear_works, pack_linears
 
 pytestmark = [
     pytest.mark.usefixtures("torch_single_thread"),

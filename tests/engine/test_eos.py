@@ -14,10 +14,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from pe_engine.models.eos import eos_token_ids
 
 from eos_model import EOS_AT, IM_END, PROMPT, free_greedy_run, unused_id, write_multi_eos_model
 from pe_engine import LLM, SamplingParams
+from pe_engine.models.eos import eos_token_ids
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

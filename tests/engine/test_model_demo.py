@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 import torch
-from pe_engine.models.runner import ModelRunner
 
 from pe_engine.config import EngineConfig
+from pe_engine.models.runner import ModelRunner
 from pe_engine.prompt import Prompt
 
 pytestmark = pytest.mark.slow

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from pe_engine.models.random_model import build_random_model
 
 from pe_engine import demo_model
+from pe_engine.models.random_model import build_random_model
 
 
 def sha256(path: Path) -> str:

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 import torch
-from pe_engine.models.loader import SUPPORTED_ARCHITECTURES
-from pe_engine.models.runner import ModelRunner
 
 from pe_engine.config import EngineConfig
 from pe_engine.core.sequence import Sequence
+from pe_engine.models.loader import SUPPORTED_ARCHITECTURES
+from pe_engine.models.runner import ModelRunner
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams
 

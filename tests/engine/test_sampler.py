@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from pe_engine.models.sampler import Sampler
 
 from pe_engine.core.sequence import Sequence
+from pe_engine.models.sampler import Sampler
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams
 

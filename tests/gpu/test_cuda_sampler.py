@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from pe_engine.models.sampler import Sampler
 
 from pe_engine import LLM, SamplingParams
 from pe_engine.core.sequence import Sequence
+from pe_engine.models.sampler import Sampler
 from pe_engine.prompt import Prompt
 
 pytestmark = [
