@@ -2,9 +2,82 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
 _SAMPLING_EPS = 1e-5
+# The largest constraint a request may carry (schema, regex, grammar or choices, as text).
+MAX_CONSTRAINT_CHARS = 64 * 1024
+MAX_CHOICES = 1024
+_KINDS = ("json", "regex", "choice", "grammar", "json_object")
+
+
+@dataclass
+class StructuredOutputsParams:
+    """One constraint on the generated text (vLLM's ``StructuredOutputsParams``, its names).
+
+    Exactly one of ``json`` (a JSON schema, as a dict or its text), ``regex``, ``choice`` (the
+    output is one of these strings), ``grammar`` (Lark, or GBNF as llama.cpp writes it) or
+    ``json_object`` (any JSON object). ``disable_any_whitespace``: JSON with no whitespace
+    between tokens; ``whitespace_pattern``: a regex for the whitespace JSON may use.
+    """
+
+    json: dict[str, Any] | str | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
+    whitespace_pattern: str | None = None
+    # The grammar the server compiled for this request (off the engine thread); not compared.
+    compiled: Any = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        given = [kind for kind in _KINDS if getattr(self, kind) not in (None, False)]
+        if len(given) != 1:
+            raise ValueError(
+                "You can only use one kind of structured outputs constraint "
+                f"but {'multiple are' if given else 'none is'} specified: {given}."
+            )
+        if self.choice is not None:
+            if not self.choice or not all(isinstance(c, str) for c in self.choice):
+                raise ValueError("choice must be a non-empty list of strings.")
+            if len(self.choice) > MAX_CHOICES:
+                raise ValueError(f"choice may hold at most {MAX_CHOICES} strings.")
+        if len(self.spec_text) > MAX_CONSTRAINT_CHARS:
+            raise ValueError(
+                f"the {self.kind} constraint is over {MAX_CONSTRAINT_CHARS} characters."
+            )
+
+    @property
+    def kind(self) -> str:
+        return next(kind for kind in _KINDS if getattr(self, kind) not in (None, False))
+
+    @property
+    def spec_text(self) -> str:
+        """The constraint as canonical text (a schema's keys sorted, no spaces)."""
+        value = getattr(self, self.kind)
+        if self.kind == "json" and isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return value  # the compiler names the error
+        if isinstance(value, str):
+            return value
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """What the grammar cache is keyed by: kind, canonical spec and the JSON options."""
+        return (
+            self.kind,
+            self.spec_text,
+            self.disable_any_whitespace,
+            self.disable_additional_properties,
+            self.whitespace_pattern,
+        )
 
 
 @dataclass
@@ -30,6 +103,7 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    structured_outputs: StructuredOutputsParams | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

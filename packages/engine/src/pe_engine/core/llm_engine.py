@@ -18,6 +18,7 @@ from pe_engine.models.runner import ModelRunner, SampleResult, StepOutput, check
 from pe_engine.outputs import RequestOutput
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams
+from pe_engine.structured.grammar import GrammarCompiler, GrammarError
 
 # Where a test's fault injector is called, in loop order: the AsyncEngine's command inbox, then
 # one step (schedule -> prepare -> forward -> sample -> detokenize), then output delivery.
@@ -74,6 +75,7 @@ class LLMEngine:
             enable_prompt_embeds=config.enable_prompt_embeds,
         )
         self.output_processor = OutputProcessor(self.scheduler, self.tokenizer)
+        self.grammars = GrammarCompiler(self.tokenizer, self.runner.vocab_size, eos)
         self._requests: dict[str, RequestState] = {}
         self._fault_injector: FaultInjector | None = None
         self.num_steps = 0
@@ -146,10 +148,27 @@ class LLMEngine:
             Sequence.from_prompt(request_id, prompt, params, branch=i)
             for i in range(params.num_candidates)
         ]
+        if params.structured_outputs is not None:
+            compiled = self.compile_grammar(params)
+            for seq in seqs:
+                seq.grammar = compiled.new_matcher()
         self._requests[request_id] = RequestState.create(
             request_id, prompt, params, seqs, arrival_time or time.time()
         )
         self.scheduler.add_seqs(seqs)
+
+    def compile_grammar(self, params: SamplingParams) -> Any:
+        """The compiled constraint of ``params`` (cached; attached by the server when it
+        compiled it off this thread). An invalid one is a 400 naming ``structured_outputs``."""
+        assert params.structured_outputs is not None
+        try:
+            return self.grammars.compile(params.structured_outputs)
+        except GrammarError as exc:
+            raise InvalidRequestError(
+                f"Invalid {params.structured_outputs.kind} constraint: {exc}",
+                code="invalid_structured_output",
+                param="structured_outputs",
+            ) from None
 
     def _check_fits_pool(self, prompt: Prompt) -> None:
         capacity = self.block_manager.num_total_blocks * self.block_manager.block_size

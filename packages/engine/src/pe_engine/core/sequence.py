@@ -11,6 +11,7 @@ import torch
 if TYPE_CHECKING:
     from pe_engine.prompt import Prompt
     from pe_engine.sampling_params import SamplingParams
+    from pe_engine.structured.grammar import GrammarMatcher
 
 _seq_ids = itertools.count()
 _BRANCH_SEED_MIX = 0x9E3779B97F4A7C15
@@ -63,6 +64,9 @@ class Sequence:
         self.seed = seed  # this branch's own noise stream; None: the engine-wide stream
         self._generator: torch.Generator | None = None
         self.cache_salt = cache_salt  # every branch and every recompute keeps the prompt's salt
+        # This branch's constraint: advanced on each appended token, kept across preemption
+        # (a recompute re-reads the tokens, it does not re-sample them).
+        self.grammar: GrammarMatcher | None = None
         # _num_embeds_before[p]: embed rows before position p, so a chunk's rows are one slice.
         self._num_embeds_before = _prefix_counts(self.is_token_ids)
         self._prompt_real_ids = _real_ids(self.token_ids, self.is_token_ids)
@@ -117,6 +121,8 @@ class Sequence:
 
     def append_token(self, token_id: int) -> None:
         self.token_ids.append(token_id)
+        if self.grammar is not None:
+            self.grammar.accept(token_id)
 
     def embeds_in_range(self, start: int, end: int) -> tuple[list[int], torch.Tensor | None]:
         """Embed positions in [start, end) as offsets from ``start``, and their rows."""

@@ -1,7 +1,8 @@
 """Batched sampling: penalties, min_tokens, greedy / temperature / min-p / top-k / top-p,
 per-sequence seeds, and logprobs of the raw distribution.
 
-Order (as vLLM): raw logprobs are taken first; then repetition, frequency and presence
+Order (as vLLM): a constrained row's grammar mask first (so its logprobs, like vLLM's, are
+those of the masked distribution); then raw logprobs are taken; then repetition, frequency and presence
 penalties; min_tokens masking; then, for random rows, temperature, min-p, top-k, top-p and an
 exponential race (``argmax(p / q)``, ``q ~ Exp(1)``). The noise is drawn on the sampler's device
 (no per-step host-to-device copy of a [rows, vocab] tensor); a seeded sequence draws its row from
@@ -19,6 +20,7 @@ import torch
 
 from pe_engine.core.sequence import Sequence
 from pe_engine.sampling_params import SamplingParams
+from pe_engine.structured.bitmask import GrammarMasker
 
 
 @dataclass
@@ -38,11 +40,22 @@ class Sampler:
         self.device = device
         # Noise of unseeded rows: one engine-wide stream on the device (seeded from the config).
         self.generator = torch.Generator(device).manual_seed(seed)
+        self._masker: GrammarMasker | None = None
 
     def __call__(self, logits: torch.Tensor, seqs: Seq[Sequence]) -> list[SampleResult]:
         """``logits [len(seqs), vocab]`` float32 -> one result per sequence."""
+        logits = self.apply_grammars(logits, seqs)
         token_ids = self._sample(self.process_logits(logits, seqs), seqs)
         return self._results(logits, token_ids, seqs)
+
+    def apply_grammars(self, logits: torch.Tensor, seqs: Seq[Sequence]) -> torch.Tensor:
+        """``logits`` with each constrained row masked to what its grammar allows next."""
+        rows = [i for i, s in enumerate(seqs) if s.grammar is not None]
+        if not rows:
+            return logits
+        if self._masker is None:
+            self._masker = GrammarMasker(logits.shape[1])
+        return self._masker.apply(logits, rows, [seqs[i].grammar for i in rows])  # type: ignore[misc]
 
     def process_logits(self, logits: torch.Tensor, seqs: Seq[Sequence]) -> torch.Tensor:
         """``logits`` with penalties and min_tokens masking applied (a copy when any apply)."""
@@ -78,10 +91,13 @@ class Sampler:
         logits[rows] = sub
 
     def _apply_min_tokens(self, logits: torch.Tensor, seqs: Seq[Sequence]) -> None:
-        """Until min_tokens are generated, EOS (unless ignore_eos) and stop_token_ids can't win."""
+        """Until min_tokens are generated, EOS (unless ignore_eos) and stop_token_ids can't win;
+        a grammar that is complete wins over min_tokens (it allows nothing but EOS)."""
         for i, seq in enumerate(seqs):
             params = seq.sampling_params
             if seq.num_output_tokens >= params.min_tokens:
+                continue
+            if seq.grammar is not None and seq.grammar.is_stopped:
                 continue
             banned = list(params.stop_token_ids)
             if not params.ignore_eos:
