@@ -52,7 +52,7 @@ LAX_FIELDS: dict[tuple[str, type], list[str]] = {
     ("chat", float): SAMPLING_FLOATS,
     ("chat", bool): [
         *SHARED_BOOLS, "logprobs", "add_generation_prompt", "continue_final_message",
-        "stream_options.include_usage", "stream_options.continuous_usage_stats",
+        "parallel_tool_calls", "stream_options.include_usage", "stream_options.continuous_usage_stats",
     ],
     ("tokenize", bool): [
         "add_special_tokens", "add_generation_prompt", "continue_final_message",

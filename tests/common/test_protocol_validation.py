@@ -69,7 +69,6 @@ SAMPLING_CASES = [
     ({"logit_bias": {"abc": 1}}, "logit_bias", "invalid_parameter"),
     ({"logit_bias": {str(i): 0 for i in range(1025)}}, "logit_bias", "too_many_inputs"),
     ({"truncate_prompt_tokens": 0}, "truncate_prompt_tokens", "invalid_parameter"),
-    ({"response_format": {"type": "json_object"}}, "response_format", "unsupported_parameter"),
     ({"stream_options": {"include_usage": True}}, "stream_options", "invalid_parameter"),
     ({"temperature": "hot"}, "temperature", "invalid_parameter"),
     ({"stream": 2}, "stream", "invalid_parameter"),  # 0 and 1 are read as flags (lax)
@@ -296,18 +295,6 @@ CHAT_CASES = [
     ({"top_logprobs": 2}, "top_logprobs", "invalid_parameter"),
     ({"logprobs": 2}, "logprobs", "invalid_parameter"),  # 0 and 1 are flags (lax)
     ({"continue_final_message": True}, "continue_final_message", "invalid_parameter"),
-    (
-        {"tools": [{"type": "function", "function": {"name": "f"}}]},
-        "tools",
-        "unsupported_parameter",
-    ),
-    ({"tools": [{"type": "function"}], "tool_choice": "auto"}, "tools", "unsupported_parameter"),
-    ({"tool_choice": "required"}, "tool_choice", "unsupported_parameter"),
-    (
-        {"tool_choice": {"type": "function", "function": {"name": "f"}}},
-        "tool_choice",
-        "unsupported_parameter",
-    ),
     ({"chat_template_kwargs": [1]}, "chat_template_kwargs", "invalid_parameter"),
 ]
 

@@ -87,6 +87,22 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         "accept a request's own `chat_template` (it runs within the render budget)",
     )
     chat.add_argument("--chat-render-workers", type=int, help="chat template render processes")
+    add_switch(chat, "--enable-auto-tool-choice", 'tool_choice "auto": parse calls from the output')
+    chat.add_argument(
+        "--tool-call-parser",
+        choices=("hermes", "llama3_json", "mistral"),
+        help="how calls are written in the model's output (vLLM's parser names)",
+    )
+    add_switch(
+        chat,
+        "--exclude-tools-when-tool-choice-none",
+        'leave `tools` out of the prompt when tool_choice is "none"',
+    )
+    chat.add_argument(
+        "--structured-outputs-config",
+        metavar="JSON",
+        help='defaults of every constraint, e.g. {"disable_any_whitespace": true}',
+    )
     chat.add_argument(
         "--chat-render-timeout", type=float, help="seconds one chat template render may take"
     )
@@ -148,6 +164,11 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         "--stream-write-timeout", type=float, help="seconds a stream write may block"
     )
     timing.add_argument("--drain-timeout", type=float, help="seconds to drain on SIGTERM")
+    timing.add_argument(
+        "--structured-outputs-timeout",
+        type=float,
+        help="seconds a request's schema, regex or grammar may take to compile (default 10)",
+    )
     timing.add_argument("--keepalive-timeout", type=float)
     timing.add_argument("--decode-threads", type=int, help="threads decoding tensors")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))

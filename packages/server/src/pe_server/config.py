@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from pe_engine.config import EngineSettings
 from pe_server.vllm_flags import check_engine_args
@@ -65,6 +65,20 @@ def load_chat_template(value: str) -> str:
     return codecs.decode(value, "unicode_escape") if "\\" in value else value
 
 
+class StructuredOutputsConfig(BaseModel):
+    """vLLM's ``--structured-outputs-config``: server-wide defaults of every constraint.
+
+    pe compiles every grammar with llguidance (vLLM's ``guidance`` backend); ``auto`` means it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: Literal["auto", "guidance"] = "auto"
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
+    whitespace_pattern: str | None = None
+
+
 class ServerConfig(EngineSettings):
     """pe-server settings (frozen). Sizes are bytes, durations seconds."""
 
@@ -85,6 +99,11 @@ class ServerConfig(EngineSettings):
     # Every render (any template) runs in one of these processes within this many seconds.
     chat_render_workers: int = Field(2, ge=1, le=64)
     chat_render_timeout: float = Field(2.0, gt=0, le=600)
+    # Tool calling (vLLM's flags): "auto" parses the output with --tool-call-parser.
+    enable_auto_tool_choice: bool = False
+    tool_call_parser: Literal["hermes", "llama3_json", "mistral"] | None = None
+    exclude_tools_when_tool_choice_none: bool = False
+    structured_outputs_config: StructuredOutputsConfig = StructuredOutputsConfig()
     # vLLM engine flags as given (e.g. --tensor-parallel-size 2): --backend vllm passes them
     # through; pe's own backends accept those they honour (pe_server.vllm_flags).
     vllm_args: tuple[str, ...] = ()
@@ -115,6 +134,8 @@ class ServerConfig(EngineSettings):
     body_read_timeout: float = Field(10.0, gt=0)
     stream_write_timeout: float = Field(30.0, gt=0)
     drain_timeout: float = Field(30.0, ge=0)
+    # Seconds a request's constraint (schema, regex, grammar) may take to compile.
+    structured_outputs_timeout: float = Field(10.0, gt=0)
     keepalive_timeout: float = Field(30.0, gt=0)
     retry_after: int = Field(1, ge=1)
     decode_threads: int = Field(2, ge=1)
@@ -175,6 +196,19 @@ class ServerConfig(EngineSettings):
         if self.upstream and self.backend != "vllm-remote":
             raise ValueError("--upstream is only used with --backend vllm-remote")
         check_engine_args(self.vllm_args, self.backend)
+        return self
+
+    @field_validator("structured_outputs_config", mode="before")
+    @classmethod
+    def _parse_structured_config(cls, value: Any) -> Any:
+        import json
+
+        return json.loads(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check_tool_flags(self) -> ServerConfig:
+        if self.enable_auto_tool_choice and self.tool_call_parser is None:
+            raise ValueError("--enable-auto-tool-choice requires --tool-call-parser")
         return self
 
     @model_validator(mode="after")

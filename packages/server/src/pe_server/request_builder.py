@@ -113,14 +113,18 @@ class ChatOptions:
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
 
     @classmethod
-    def of(cls, req: Any) -> ChatOptions:
+    def of(cls, req: Any, tools: list[dict[str, Any]] | None = None) -> ChatOptions:
+        """``tools``: what the template shows (the request's, unless the server leaves them
+        out for tool_choice "none")."""
         return cls(
             chat_template=req.chat_template,
             add_generation_prompt=req.add_generation_prompt,
             continue_final_message=req.continue_final_message,
             chat_template_kwargs=req.chat_template_kwargs,
+            tools=tools,
         )
 
 
@@ -279,6 +283,7 @@ class PromptBuilder:
                 add_generation_prompt=options.add_generation_prompt,
                 continue_final_message=options.continue_final_message,
                 chat_template_kwargs=options.chat_template_kwargs,
+                tools=options.tools,
                 content_format=self.config.chat_template_content_format,
                 renderer=self.state.chat_renderer,
             )

@@ -19,7 +19,9 @@ from pe_common.protocol.chat import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatCompletionStreamResponse,
+    DeltaFunctionCall,
     DeltaMessage,
+    DeltaToolCall,
 )
 from pe_common.protocol.chat_message import (
     ChatMessage,
@@ -93,7 +95,9 @@ __all__ = [
     "CompletionResponse",
     "CompletionStreamResponse",
     "ContentPart",
+    "DeltaFunctionCall",
     "DeltaMessage",
+    "DeltaToolCall",
     "DetokenizeRequest",
     "DetokenizeResponse",
     "EmbedsPayload",

@@ -18,9 +18,10 @@ class _ChatFields(GenerateFields, kw_only=True):
     top_logprobs: int | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
-    # accepted so that tool-aware clients can talk to pe; tool calling itself is refused
     tools: list[dict[str, Any]] | None = None
+    # None: "auto" with tools, "none" without (as vLLM)
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     add_generation_prompt: bool = True
@@ -72,11 +73,27 @@ class ChatCompletionResponse(ChoicesResponse[ChatCompletionChoice], kw_only=True
     prompt_logprobs: PromptLogprobs | None = None
 
 
+class DeltaFunctionCall(ResponseStruct, omit_defaults=True, kw_only=True):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(ResponseStruct, omit_defaults=True, kw_only=True):
+    """A piece of a streamed call, as OpenAI sends them: ``index``, ``id``, ``type`` and the
+    name once, then ``arguments`` fragments under the same ``index``."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall | None = None
+
+
 class DeltaMessage(ResponseStruct, omit_defaults=True, kw_only=True):
     """A stream delta: only the fields that changed (``{}`` on the final chunk)."""
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatCompletionChunkChoice(ResponseStruct, kw_only=True):

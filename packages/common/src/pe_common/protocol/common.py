@@ -107,6 +107,15 @@ class GenerateFields(RequestStruct, kw_only=True):
     truncate_prompt_tokens: int | None = None
     # vLLM's prefix-cache salt; with API keys the server also salts by key
     cache_salt: str | None = None
+    # vLLM's constraint object (json, regex, choice, grammar, json_object, options) and its
+    # older guided_* fields, which pe honours as aliases (vLLM >= 0.12 ignores them)
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: Any = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_whitespace_pattern: str | None = None
+    guided_decoding_backend: str | None = None
 
 
 class PromptTokensDetails(ResponseStruct, kw_only=True):

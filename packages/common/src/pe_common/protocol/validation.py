@@ -72,7 +72,6 @@ def validate_chat_request(
         raise _error("when using `top_logprobs`, `logprobs` must be set to true.", "top_logprobs")
     if req.continue_final_message and req.add_generation_prompt:
         raise _error(BOTH_PROMPTS_MESSAGE, "continue_final_message")
-    _check_tools(req)
 
 
 def validate_tokenize_request(req: TokenizeRequest, limits: RequestLimits = DEFAULT_LIMITS) -> None:
@@ -198,12 +197,6 @@ def _check_sampling(req: GenerateRequest, limits: RequestLimits) -> None:
     _check_optional_int(req.truncate_prompt_tokens, "truncate_prompt_tokens", 1, MAX_TOKEN_ID)
     _check_stop(req, limits)
     _check_logit_bias(req.logit_bias, limits)
-    if req.response_format is not None and req.response_format.get("type", "text") != "text":
-        raise _error(
-            'Only `{"type": "text"}` is supported for `response_format`.',
-            "response_format",
-            code="unsupported_parameter",
-        )
     if req.stream_options is not None and not req.stream:
         raise _error("Stream options can only be defined when `stream=True`.", "stream_options")
 
@@ -274,22 +267,6 @@ def _message_chars(message: ChatMessage) -> int:
     for call in message.tool_calls or []:
         texts += [call.id, call.function.name, call.function.arguments]
     return sum(len(text) for text in texts if isinstance(text, str))
-
-
-def _check_tools(req: ChatCompletionRequest) -> None:
-    choice = req.tool_choice
-    if req.tools and choice != "none":
-        raise _error(
-            'Tool calling is not supported; send `tools` only with `tool_choice: "none"`.',
-            "tools",
-            code="unsupported_parameter",
-        )
-    if choice is not None and choice not in ("none", "auto"):
-        raise _error(
-            'Only `"none"` and `"auto"` are supported for `tool_choice`.',
-            "tool_choice",
-            code="unsupported_parameter",
-        )
 
 
 def _check_max_tokens(value: int | None, name: str, limits: RequestLimits) -> None:

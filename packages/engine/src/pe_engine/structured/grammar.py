@@ -76,20 +76,25 @@ class GrammarCompiler:
         self._cache: OrderedDict[tuple[Any, ...], CompiledGrammar] = OrderedDict()
         self._cache_size = cache_size
 
+    def cached(self, params: StructuredOutputsParams) -> CompiledGrammar | None:
+        """The compiled grammar of ``params`` if it is at hand (no compile; microseconds)."""
+        if isinstance(params.compiled, CompiledGrammar):
+            return params.compiled
+        with self._lock:
+            found = self._cache.get(params.key)
+            if found is not None:
+                self._cache.move_to_end(params.key)
+            return found
+
     def compile(self, params: StructuredOutputsParams) -> CompiledGrammar:
         """The compiled grammar of ``params``: the one the server attached, a cached one, or a
         new compile. Raises :class:`GrammarError` with the compiler's message."""
-        if isinstance(params.compiled, CompiledGrammar):
-            return params.compiled
-        key = params.key
-        with self._lock:
-            cached = self._cache.get(key)
-            if cached is not None:
-                self._cache.move_to_end(key)
-                return cached
+        found = self.cached(params)
+        if found is not None:
+            return found
         compiled = self._compile(params)
         with self._lock:
-            self._cache[key] = compiled
+            self._cache[params.key] = compiled
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return compiled

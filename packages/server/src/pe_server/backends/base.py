@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from pe_engine.prompt import Prompt
     from pe_engine.sampling_params import SamplingParams
     from pe_server.config import ServerConfig
+    from pe_server.structured import Constraint
 
 
 class EngineDeadError(RuntimeError):
@@ -88,6 +89,8 @@ class Backend(Protocol):
 
     async def abort(self, request_id: str) -> None: ...
 
+    async def compile_constraint(self, constraint: Constraint) -> None: ...
+
     def stats(self) -> BackendStats: ...
 
 
@@ -102,3 +105,7 @@ class ModelBackend:
         self.tokenizer: Any = None
         self.chat_builder: Any = None
         self.info = ModelInfo(hidden_size=0, max_model_len=0, dtype=torch.float32, vocab_size=0)
+
+    async def compile_constraint(self, constraint: Constraint) -> None:
+        """Check a request's constraint before it is submitted. The vLLM backends pass it
+        through: vLLM compiles and validates it."""

@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from pe_common.errors import PEValidationError
 from pe_server.backends.base import BackendStats, EngineDeadError, ModelBackend, ModelInfo
 from pe_server.config import ServerConfig
+from pe_server.errors import APIError
 
 if TYPE_CHECKING:
     from pe_engine.outputs import RequestOutput
     from pe_engine.prompt import Prompt
     from pe_engine.sampling_params import SamplingParams
+    from pe_server.structured import Constraint
 
 log = logging.getLogger("pe_server")
 
@@ -42,6 +45,8 @@ class NativeBackend(ModelBackend):
     def __init__(self, config: ServerConfig) -> None:
         super().__init__(config)
         self.engine: Any = None
+        # Grammars compile here: never on the event loop, never on the engine thread.
+        self._grammar_pool = ThreadPoolExecutor(2, "pe-grammar")
 
     @property
     def is_healthy(self) -> bool:
@@ -79,8 +84,39 @@ class NativeBackend(ModelBackend):
         )
 
     async def shutdown(self) -> None:
+        self._grammar_pool.shutdown(wait=False, cancel_futures=True)
         if self.engine is not None:
             await asyncio.to_thread(self.engine.shutdown)
+
+    async def compile_constraint(self, constraint: Constraint) -> None:
+        """Compile (or find cached) the constraint's grammar and attach it to its params; a
+        400 naming the field for an invalid one or one slower than the budget."""
+        from pe_engine.structured.grammar import GrammarError
+
+        params = constraint.params
+        grammars = self.engine.engine.grammars
+        params.compiled = grammars.cached(params)
+        if params.compiled is not None:
+            return
+        compile_grammar = grammars.compile
+        future = asyncio.get_running_loop().run_in_executor(
+            self._grammar_pool, compile_grammar, params
+        )
+        timeout = self._config.structured_outputs_timeout
+        try:
+            params.compiled = await asyncio.wait_for(future, timeout)
+        except GrammarError as exc:
+            raise APIError.bad_request(
+                f"Invalid {params.kind} constraint: {exc}",
+                code="invalid_structured_output",
+                param=constraint.param,
+            ) from None
+        except asyncio.TimeoutError:
+            raise APIError.bad_request(
+                f"The {params.kind} constraint did not compile within {timeout:g} s.",
+                code="structured_output_timeout",
+                param=constraint.param,
+            ) from None
 
     async def generate(
         self, prompt: Prompt, params: SamplingParams, request_id: str

@@ -24,6 +24,8 @@ from pe_engine.sampling_params import SamplingParams
 from pe_server.backends.base import BackendStats, EngineDeadError, ModelBackend, ModelInfo
 from pe_server.backends.reference_sampling import StepSampler
 from pe_server.config import ServerConfig
+from pe_server.errors import APIError
+from pe_server.structured import Constraint
 
 log = logging.getLogger("pe_server")
 Emit = Callable[[RequestOutput], None]
@@ -49,6 +51,14 @@ class TransformersBackend(ModelBackend):
     @property
     def is_healthy(self) -> bool:
         return self.model is not None and not self._is_dead
+
+    async def compile_constraint(self, constraint: Constraint) -> None:
+        raise APIError.bad_request(
+            "Structured outputs and required or named tool calls are not supported by the "
+            "transformers backend; the native backend has them.",
+            code="unsupported_parameter",
+            param=constraint.param,
+        )
 
     async def start(self) -> None:
         await asyncio.to_thread(self._load)

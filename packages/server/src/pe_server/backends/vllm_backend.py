@@ -25,7 +25,7 @@ from pe_engine.sampling_params import SamplingParams
 from pe_server.backends.base import BackendStats, EngineDeadError, ModelBackend, ModelInfo
 from pe_server.backends.hf_model import load_model_files
 from pe_server.backends.vllm_limits import check_vllm_request
-from pe_server.backends.vllm_mapping import DeltaMerger, sampling_fields
+from pe_server.backends.vllm_mapping import DeltaMerger, sampling_fields, structured_fields
 from pe_server.config import ServerConfig
 from pe_server.errors import APIError
 
@@ -174,10 +174,16 @@ def to_vllm_params(params: SamplingParams) -> Any:
 
     from vllm import SamplingParams as VllmSamplingParams
 
+    structured = structured_fields(params)
+    if structured is not None:
+        from vllm.sampling_params import StructuredOutputsParams
+
+        structured = StructuredOutputsParams(**structured)
     return VllmSamplingParams(
         **sampling_fields(params),
         prompt_logprobs=params.prompt_logprobs,
         output_kind=VllmOutputKind.DELTA,
+        structured_outputs=structured,
     )
 
 

@@ -37,6 +37,20 @@ def sampling_fields(params: SamplingParams) -> dict[str, Any]:
     return fields
 
 
+def structured_fields(params: SamplingParams) -> dict[str, Any] | None:
+    """pe's constraint as vLLM's ``structured_outputs`` fields (vLLM compiles it)."""
+    spec = params.structured_outputs
+    if spec is None:
+        return None
+    fields: dict[str, Any] = {spec.kind: getattr(spec, spec.kind)}
+    for name in ("disable_any_whitespace", "disable_additional_properties"):
+        if getattr(spec, name):
+            fields[name] = True
+    if spec.whitespace_pattern is not None:
+        fields["whitespace_pattern"] = spec.whitespace_pattern
+    return fields
+
+
 class DeltaMerger:
     """vLLM's per-branch reports -> pe's delta ``RequestOutput`` objects, shaped as
     pe-engine's: every branch not done, with nothing new where vLLM did not report it this

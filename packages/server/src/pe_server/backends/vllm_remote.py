@@ -27,7 +27,7 @@ from pe_server.backends.base import BackendStats, EngineDeadError, ModelBackend,
 from pe_server.backends.embedding_table import EmbeddingTable
 from pe_server.backends.hf_model import load_model_files
 from pe_server.backends.vllm_limits import check_vllm_request
-from pe_server.backends.vllm_mapping import DeltaMerger, sampling_fields
+from pe_server.backends.vllm_mapping import DeltaMerger, sampling_fields, structured_fields
 from pe_server.config import ServerConfig
 from pe_server.errors import APIError
 
@@ -180,6 +180,9 @@ class VllmRemoteBackend(ModelBackend):
         )
         if prompt.cache_salt is not None:  # the tenant's salt: vLLM's cache stays partitioned
             body["cache_salt"] = prompt.cache_salt
+        structured = structured_fields(params)
+        if structured is not None:
+            body["structured_outputs"] = structured
         return json.dumps(body).encode()
 
 

@@ -27,11 +27,13 @@ from pe_server.logprobs import chat_logprobs, wire_prompt_logprobs
 from pe_server.negotiation import struct_response
 from pe_server.request_builder import ChatOptions, check_context
 from pe_server.routes.chat_messages import ChatInput, collect_chat_input
+from pe_server.routes.chat_tools import Streamer, ToolPlan, merge, wire_delta
 from pe_server.routes.intake import Intake, take_in
 from pe_server.routes.streaming import PendingChunk, StreamSession
 from pe_server.routes.usage import make_usage
 from pe_server.sampling import build_sampling_params
 from pe_server.state import GENERATION, REQUEST_ID, ServerState
+from pe_server.structured import constrain, request_constraint
 
 if TYPE_CHECKING:
     from pe_engine.outputs import CompletionOutput, RequestOutput
@@ -48,6 +50,7 @@ class ChatJob:
     response_id: str
     prompt: Prompt
     params: SamplingParams
+    tools: ToolPlan = field(default_factory=lambda: ToolPlan("none"))
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -73,7 +76,8 @@ def requested_logprobs(req: ChatCompletionRequest) -> int | None:
 
 async def prepare(intake: Intake[ChatCompletionRequest], request_id: str) -> ChatJob:
     state, req, model, builder = intake.state, intake.req, intake.model, intake.builder
-    options = ChatOptions.of(req)
+    tools = ToolPlan.of(req, state.config)
+    options = ChatOptions.of(req, tools.tools)
     builder.check_chat_options(options)
     chat: ChatInput = collect_chat_input(req.messages)
     builder.check_embeds_allowed(len(chat.payloads), chat=True)
@@ -89,6 +93,9 @@ async def prepare(intake: Intake[ChatCompletionRequest], request_id: str) -> Cha
     params = build_sampling_params(
         req, max_tokens=max_tokens, logprobs=logprobs, prompt_logprobs=req.prompt_logprobs
     )
+    params = await constrain(state, params, chat_constraint(state, req, tools))
+    if not tools.skips_special_tokens:
+        params = dataclasses.replace(params, skip_special_tokens=False)
     builder.precheck_embeds(chat.payloads, max_tokens)
     tensors = await builder.decode_embeds(chat.payloads)
     prompt = await builder.chat_prompt(chat.messages(tensors), options)
@@ -96,7 +103,21 @@ async def prepare(intake: Intake[ChatCompletionRequest], request_id: str) -> Cha
     check_context(max_model_len, prompt.num_tokens, max_tokens)
     if max_tokens is None:
         params = dataclasses.replace(params, max_tokens=max_model_len - prompt.num_tokens)
-    return ChatJob(req, model, f"chatcmpl-{request_id}", prompt, params)
+    return ChatJob(req, model, f"chatcmpl-{request_id}", prompt, params, tools)
+
+
+def chat_constraint(state: ServerState, req: ChatCompletionRequest, tools: ToolPlan) -> Any:
+    """The request's own constraint or the one its tool_choice forces; not both."""
+    own = request_constraint(req, state.config.structured_outputs_config)
+    forced = tools.constraint(state.config)
+    if own is not None and forced is not None:
+        raise APIError.bad_request(
+            f"{own.param} cannot be combined with tool_choice "
+            f'"{tools.mode}": use either structured outputs or tools, not both.',
+            code="invalid_parameter",
+            param="tool_choice",
+        )
+    return own or forced
 
 
 def check_prompt_logprobs(state: ServerState, req: ChatCompletionRequest) -> None:
@@ -123,12 +144,13 @@ def chat_response(state: ServerState, job: ChatJob, final: RequestOutput) -> Cha
         logprobs = None
         if job.params.logprobs is not None and out.logprobs is not None:
             logprobs = chat_logprobs(out.token_ids, out.logprobs, job.params.logprobs, tokenizer)
+        content, calls = job.tools.extract(out.text)
         choices.append(
             ChatCompletionChoice(
                 index=out.index,
-                message=ChatCompletionMessage(role="assistant", content=out.text),
+                message=ChatCompletionMessage(content=content, tool_calls=calls),
                 logprobs=logprobs,
-                finish_reason=out.finish_reason,
+                finish_reason=job.tools.finish_reason(out.finish_reason, bool(calls)),
                 stop_reason=out.stop_reason,
                 token_ids=list(out.token_ids) if job.req.return_token_ids else None,
             )
@@ -153,7 +175,7 @@ def prompt_ids(job: ChatJob) -> list[int] | None:
 async def stream_chat(request: web.Request, state: ServerState, job: ChatJob) -> web.StreamResponse:
     session = StreamSession(request, state)
     include_usage = bool(job.req.stream_options and job.req.stream_options.include_usage)
-    branches: dict[int, PendingChunk] = {}
+    branches: dict[int, ChatBranch] = {}
     async with session.generation(job.response_id, [job.prompt], job.params) as gen:
         async for _, output in session.outputs(gen):
             for out in output.outputs:
@@ -173,16 +195,38 @@ def make_chunk(
     )
 
 
+@dataclass
+class ChatBranch:
+    """One choice's stream: its pending text and, with tools, its call streamer."""
+
+    pending: PendingChunk
+    streamer: Streamer | None
+    called: bool = False
+
+    def delta(self, job: ChatJob, text: str) -> DeltaMessage:
+        """The chunk delta of the new text (content and call pieces)."""
+        if self.streamer is None:
+            return DeltaMessage(content=text) if text else DeltaMessage()
+        piece = self.streamer.stream(text)
+        if self.pending.is_done:
+            piece = merge(piece, self.streamer.finish())
+        delta = wire_delta(piece, parallel=job.tools.parallel)
+        self.called = self.called or bool(delta.tool_calls)
+        return delta
+
+
 def chat_chunks(
-    state: ServerState, job: ChatJob, out: CompletionOutput, branches: dict[int, PendingChunk]
+    state: ServerState, job: ChatJob, out: CompletionOutput, branches: dict[int, ChatBranch]
 ) -> list[ChatCompletionStreamResponse]:
-    """The role chunk (first time), then the new content with its finish reason, if any."""
+    """The role chunk (first time), then the new content or call pieces with the finish
+    reason, if any."""
     chunks = []
     if out.index not in branches:
-        branches[out.index] = PendingChunk()
+        branches[out.index] = ChatBranch(PendingChunk(), job.tools.streamer())
         role = DeltaMessage(role="assistant", content="")
         chunks.append(make_chunk(job, [ChatCompletionChunkChoice(index=out.index, delta=role)]))
-    pending = branches[out.index]
+    branch = branches[out.index]
+    pending = branch.pending
     if pending.is_done:
         return chunks
     pending.add(out)
@@ -190,14 +234,17 @@ def chat_chunks(
         return chunks
     finish_reason, stop_reason = pending.finish_reason, pending.stop_reason
     text, new_ids, steps = pending.take()
+    delta = branch.delta(job, text)
     logprobs = None
     if job.params.logprobs is not None and steps is not None:
         logprobs = chat_logprobs(new_ids, steps, job.params.logprobs, state.backend.tokenizer)
+    if delta == DeltaMessage() and finish_reason is None and logprobs is None:
+        return chunks  # held back (a possible call marker)
     choice = ChatCompletionChunkChoice(
         index=out.index,
-        delta=DeltaMessage(content=text) if text else DeltaMessage(),
+        delta=delta,
         logprobs=logprobs,
-        finish_reason=finish_reason,
+        finish_reason=job.tools.finish_reason(finish_reason, branch.called),
         stop_reason=stop_reason,
         token_ids=new_ids if job.req.return_token_ids else None,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -45,8 +47,25 @@ class ChatInput:
                 entry["reasoning"] = (
                     reasoning if isinstance(reasoning, str) else part_dict(reasoning, remaining)
                 )
+            if message.tool_calls:
+                entry["tool_calls"] = [tool_call_dict(call) for call in message.tool_calls]
+            if message.tool_call_id is not None:
+                entry["tool_call_id"] = message.tool_call_id
             built.append(entry)
         return built
+
+
+def tool_call_dict(call: Any) -> dict[str, Any]:
+    """An earlier call as chat templates expect it: ``arguments`` a dict (the wire's JSON
+    string parsed; left a string when it is not JSON), as vLLM and transformers do."""
+    arguments: Any = call.function.arguments
+    with contextlib.suppress(ValueError):
+        arguments = json.loads(arguments)
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.function.name, "arguments": arguments},
+    }
 
 
 def part_dict(part: Any, tensors: Any) -> dict[str, Any]:
@@ -61,7 +80,12 @@ def collect_chat_input(messages: list[ChatMessage]) -> ChatInput:
     payloads: list[Any] = []
     texts: list[str] = []
     for message in messages:
-        for part in [*message_parts(message), message.reasoning]:
+        calls = [
+            text
+            for c in message.tool_calls or []
+            for text in (c.function.name, c.function.arguments)
+        ]
+        for part in [*message_parts(message), message.reasoning, *calls]:
             if isinstance(part, PromptEmbedsPart):
                 payloads.append(part.payload)
             elif isinstance(part, TextPart):

@@ -29,6 +29,7 @@ from pe_server.routes.streaming import PendingChunk, StreamSession
 from pe_server.routes.usage import make_usage
 from pe_server.sampling import build_sampling_params
 from pe_server.state import GENERATION, REQUEST_ID, ServerState
+from pe_server.structured import constrain, request_constraint
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -81,6 +82,9 @@ async def prepare(intake: Intake[CompletionRequest], request_id: str) -> Complet
     max_tokens = req.max_tokens  # None: up to the context length, as in vLLM
     params = build_sampling_params(
         req, max_tokens=max_tokens, logprobs=req.logprobs, prompt_logprobs=prompt_logprobs(req)
+    )
+    params = await constrain(
+        state, params, request_constraint(req, state.config.structured_outputs_config)
     )
     builder.precheck_embeds(embeds, max_tokens)
     tensors = await builder.decode_embeds(embeds)
