@@ -151,10 +151,12 @@ def grammar_text(params: StructuredOutputsParams) -> str:
 
 
 def _no_additional_properties(schema: Any) -> Any:
-    """``additionalProperties: false`` on every object schema that does not set it."""
+    """``additionalProperties: false`` on every schema that lists ``properties`` and does not
+    set it (an object schema without properties, or one whose ``anyOf`` branches list them,
+    stays as it is: closing it would allow only ``{}``)."""
     if isinstance(schema, dict):
         out = {key: _no_additional_properties(value) for key, value in schema.items()}
-        if out.get("type") == "object" or "properties" in out:
+        if "properties" in out:
             out.setdefault("additionalProperties", False)
         return out
     if isinstance(schema, list):

@@ -120,7 +120,9 @@ class ToolPlan:
                 return None
         except ToolRequestError as exc:
             raise bad_tools(str(exc), exc.param) from None
-        return make_params({"json": schema}, "tools", config.structured_outputs_config)
+        # Only the declared keys (vLLM's xgrammar compiles these schemas in strict mode).
+        fields = {"json": schema, "disable_additional_properties": True}
+        return make_params(fields, "tools", config.structured_outputs_config)
 
     def make_call_id(self) -> str:
         return (self.parser or ToolParser).make_call_id()
