@@ -223,3 +223,34 @@ def test_a_slow_compile_is_a_400_and_never_stalls_other_requests(
             time.sleep(0.2)
     finally:
         next(gen, None)
+
+
+tight = module_server(
+    "structured-tight",
+    ["--max-model-len", "96", "--num-kv-blocks", "12", "--block-size", "8", "--max-num-seqs", "8",
+     "--structured-outputs-config", COMPACT],
+)  # fmt: skip
+
+
+def test_constrained_requests_preempted_by_a_small_kv_pool_keep_their_grammar(
+    tight: ServerProcess,
+) -> None:
+    """Eight concurrent constrained requests need ~5x the 96 KV slots, so the engine preempts
+    and recomputes: every answer still validates and equals the one it gives alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    closed = {**Answer.model_json_schema(), "additionalProperties": False}
+    prompts = [f"Request number {i} asks about the city " * 2 for i in range(8)]
+
+    def one(prompt: str) -> str:
+        (text,) = texts(
+            complete(tight, prompt=prompt, max_tokens=60, structured_outputs={"json": closed})
+        )
+        return text
+
+    alone = [one(p) for p in prompts]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(one, prompts))
+    assert together == alone
+    for text in together:
+        Answer.model_validate_json(text)
