@@ -236,3 +236,22 @@ def test_the_vocabulary_padding_is_masked(smollm2_tokenizer_dir: Path) -> None:
     assert torch.isinf(masked[0, 49152:]).all()
     assert torch.equal(masked[1], logits[1])  # unconstrained rows untouched
     assert tokenizer.decode([int(masked[0].argmax())]).isalpha()
+
+
+def test_a_matcher_that_fails_mid_generation_ends_its_sequence(
+    llm: LLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A grammar past llguidance's per-step limits (here: a row of 5,000 alternatives, which
+    compiles but fails at its second step) ends its sequence with EOS; the batch goes on."""
+    many = Constraint(grammar="start: " + " | ".join(f'"w{i}"' for i in range(5000)))
+    params = [
+        SamplingParams(temperature=0.0, max_tokens=20, structured_outputs=many),
+        SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True),
+    ]
+    with caplog.at_level("WARNING", logger="pe_engine"):
+        failed, plain = llm.generate(["Say a word", "Plain"], params, use_tqdm=False)
+    assert "failed mid-generation" in caplog.text and "max is 2000" in caplog.text
+    assert failed.outputs[0].finish_reason == "stop"
+    assert len(failed.outputs[0].token_ids) <= 3
+    assert len(plain.outputs[0].token_ids) == 20
+    assert llm.engine.num_unfinished_requests == 0

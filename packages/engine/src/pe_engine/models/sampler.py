@@ -54,7 +54,7 @@ class Sampler:
         if not rows:
             return logits
         if self._masker is None:
-            self._masker = GrammarMasker(logits.shape[1])
+            self._masker = GrammarMasker(logits.shape[1], self._banned_eos_ids)
         return self._masker.apply(logits, rows, [seqs[i].grammar for i in rows])  # type: ignore[misc]
 
     def process_logits(self, logits: torch.Tensor, seqs: Seq[Sequence]) -> torch.Tensor:

@@ -33,6 +33,7 @@ class GrammarMatcher:
 
     def __init__(self, matcher: Any) -> None:
         self.matcher = matcher
+        self.error_logged = False
 
     def accept(self, token_id: int) -> None:
         """Advance past a sampled token. A token the grammar refused (only possible when
