@@ -54,6 +54,18 @@ pe's own rows, beyond security.md §11 (issue 17):
   53  The engine thread fails at any stage (inbox, schedule, prepare, forward, sample,
       detokenize, deliver): row 47's answer for each (tests/engine/test_async_engine.py;
       forward and deliver through the server in test_server_lifecycle.py).
+pe's rows for request constraints (issue 20):
+  54  Schemas, regexes and grammars built to blow up a compiler or a decoding step (nested
+      repetition, catastrophic backtracking, 2^24-state DFAs, 5,000 alternatives, ambiguous
+      left recursion, a schema nested 300 deep): a 400 invalid_structured_output with the
+      compiler's message, or an output that ends, within the compile budget; plain requests
+      meanwhile served as usual (test_server_structured.py).
+  55  A constraint slower to compile than --structured-outputs-timeout: 400
+      structured_output_timeout naming the field; the compile runs on its own threads, never
+      the event loop or the engine thread (test_server_structured.py).
+  56  Invalid, doubled or oversized constraints (bad JSON schema / regex / grammar, two
+      sources, over 64 KiB, NUL bytes, structural_tag): 400 naming the field
+      (test_server_structured.py; tools: test_server_tools.py).
 """
 
 from __future__ import annotations

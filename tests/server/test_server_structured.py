@@ -254,3 +254,53 @@ def test_constrained_requests_preempted_by_a_small_kv_pool_keep_their_grammar(
     assert together == alone
     for text in together:
         Answer.model_validate_json(text)
+
+
+HOSTILE_CONSTRAINTS = [
+    # nested repetition: compiles in seconds, then fails llguidance's per-step limit
+    ({"regex": "((a{1000}){1000}){1000}"}, {200, 400}),
+    ({"regex": "(a|aa)*(a|aa)*(a|aa)*b"}, {200}),  # catastrophic backtracking elsewhere
+    ({"regex": "(a|b)*a(a|b){24}"}, {200}),  # a DFA of 2^24 states, built lazily
+    ({"grammar": "start: " + " | ".join(f'"w{i}"' for i in range(5000))}, {200, 400}),
+    ({"grammar": 'start: e\ne: e "+" e | e "*" e | "a"'}, {200}),  # ambiguous, left-recursive
+]
+
+
+def nested_schema(depth: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "array", "items": schema}
+    return schema
+
+
+def test_catalogue_row54_hostile_constraints_are_bounded_and_never_stall_others(
+    server: ServerProcess,
+) -> None:
+    """Catalogue row 54: schemas, regexes and grammars built to blow up a compiler or a step
+    are answered (a 400 with the compiler's message, or an output that ends) within the compile
+    budget, while plain requests sent meanwhile are served as usual."""
+    hostile = [*HOSTILE_CONSTRAINTS, ({"json": nested_schema(300)}, {400})]
+    results: dict[int, tuple[int, float]] = {}
+
+    def send(index: int, spec: dict[str, Any]) -> None:
+        start = time.monotonic()
+        response = complete(server, structured_outputs=spec, max_tokens=8)
+        results[index] = (response.status_code, time.monotonic() - start)
+        if response.status_code == 400:
+            assert_error(response, 400, "invalid_structured_output")
+
+    threads = [threading.Thread(target=send, args=(i, spec)) for i, (spec, _) in enumerate(hostile)]
+    for thread in threads:
+        thread.start()
+    plain_s = []
+    for _ in range(5):
+        start = time.monotonic()
+        assert complete(server, max_tokens=4).status_code == 200
+        plain_s.append(time.monotonic() - start)
+    for thread in threads:
+        thread.join(60)
+    assert len(results) == len(hostile)
+    assert max(seconds for _, seconds in results.values()) < 10 + 5  # compile budget + a step
+    assert sorted(plain_s)[2] < 1.0, plain_s  # the median plain request is not held up
+    for i, (spec, allowed) in enumerate(hostile):
+        assert results[i][0] in allowed, (spec, results[i])
