@@ -38,7 +38,13 @@ def server(
 ) -> Iterator[ServerProcess]:
     """A keyless pe server serving the tiny Llama as ``MODEL``."""
     log_path = tmp_path_factory.mktemp("pe_server") / "server.log"
-    proc = ServerProcess(tiny_llama_dir, log_path, ["--enable-prompt-embeds"], api_key=None)
+    # compact JSON under constraints: a random model would otherwise fill max_tokens with spaces
+    flags = [
+        "--enable-prompt-embeds",
+        "--structured-outputs-config",
+        '{"disable_any_whitespace": true}',
+    ]
+    proc = ServerProcess(tiny_llama_dir, log_path, flags, api_key=None)
     try:
         yield proc.wait_ready()
     finally:
@@ -298,3 +304,45 @@ async def test_async_stream_left_early_aborts(server: ServerProcess, embedder: A
                 break
     assert await asyncio.to_thread(wait_until, lambda: aborts(server) > aborts_before)
     assert await asyncio.to_thread(wait_until, server.is_idle)
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"enum": ["Paris", "Rome"]}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def test_constraints_and_tool_calls_reach_the_client(client: PEClient, embedder: Any) -> None:
+    """pe-client sends structured_outputs / response_format / tools and reads tool_calls,
+    whole and streamed (issue 20)."""
+    messages = [user("Weather in", embedder(TEXT))]
+    choice = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=30, temperature=0.0,
+        structured_outputs={"choice": ["sunny", "rainy"]},
+    ).choices[0]  # fmt: skip
+    assert choice.message.content in ("sunny", "rainy")
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    whole = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=30, temperature=0.0, tools=[WEATHER_TOOL],
+        tool_choice=named,
+    ).choices[0]  # fmt: skip
+    (call,) = whole.message.tool_calls
+    assert call.function.name == "get_weather"
+    assert call.function.arguments.replace(" ", "") in ('{"city":"Paris"}', '{"city":"Rome"}')
+    arguments, names = "", []
+    for chunk in client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=30, temperature=0.0, tools=[WEATHER_TOOL],
+        tool_choice=named, stream=True,
+    ):  # fmt: skip
+        for piece in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
+            if piece.function and piece.function.name:
+                names.append(piece.function.name)
+            arguments += (piece.function.arguments or "") if piece.function else ""
+    assert names == ["get_weather"] and arguments == call.function.arguments

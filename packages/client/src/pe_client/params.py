@@ -54,6 +54,14 @@ class SamplingParams(TypedDict, total=False):
     add_special_tokens: bool
     truncate_prompt_tokens: int
     response_format: dict[str, Any]
+    # vLLM's constraint object (json, regex, choice, grammar, json_object and their options)
+    # and its older aliases; at most one constraint per request.
+    structured_outputs: dict[str, Any]
+    guided_json: Union[dict[str, Any], str]
+    guided_regex: str
+    guided_choice: list[str]
+    guided_grammar: str
+    guided_whitespace_pattern: str
     user: str
     # vLLM's prefix-cache partition: only requests with the same salt share cached blocks.
     cache_salt: str
@@ -79,6 +87,7 @@ class ChatCompletionParams(SamplingParams, total=False):
     continue_final_message: bool
     tools: list[dict[str, Any]]
     tool_choice: Union[str, dict[str, Any]]
+    parallel_tool_calls: bool
 
 
 class RequestExtras(TypedDict, total=False):
