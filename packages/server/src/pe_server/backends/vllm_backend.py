@@ -13,6 +13,7 @@ ray`` work as they do for ``vllm serve``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -60,7 +61,19 @@ def engine_argv(config: ServerConfig, model_dir: str) -> list[str]:
         argv.append("--enable-prompt-embeds")
     if config.served_model_name:
         argv += ["--served-model-name", *config.served_model_name]
-    return argv + list(config.vllm_args)
+    return argv + structured_outputs_argv(config) + list(config.vllm_args)
+
+
+def structured_outputs_argv(config: ServerConfig) -> list[str]:
+    """pe's ``--structured-outputs-config`` as vLLM's: vLLM reads the JSON options from its
+    engine config only (a request's own are ignored), and only its ``guidance`` backend (pe's
+    grammar engine) takes them all. vLLM has no ``whitespace_pattern`` option."""
+    options = config.structured_outputs_config.model_dump(
+        exclude={"backend", "whitespace_pattern"}, exclude_defaults=True
+    )
+    if not options:
+        return []
+    return ["--structured-outputs-config", json.dumps({"backend": "guidance", **options})]
 
 
 def build_engine_args(argv: list[str]) -> Any:
@@ -120,6 +133,7 @@ class VllmBackend(ModelBackend):
     async def generate(
         self, prompt: Prompt, params: SamplingParams, request_id: str
     ) -> AsyncGenerator[RequestOutput, None]:
+        from vllm.exceptions import VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError as VllmDeadError
 
         if not self.is_healthy:
@@ -135,9 +149,12 @@ class VllmBackend(ModelBackend):
                 yield merger.add(output)
         except VllmDeadError as exc:
             raise EngineDeadError("vLLM engine failed") from exc
-        except ValueError as exc:  # vLLM's input validation (VLLMValidationError)
+        except (ValueError, VLLMClientError) as exc:  # vLLM's input validation: a bad regex
+            # or schema is a VLLMValidationError, no longer a ValueError since vLLM 0.32
             raise APIError.bad_request(
-                str(exc)[:MAX_ERROR_MESSAGE], code="invalid_request", param=None
+                str(exc)[:MAX_ERROR_MESSAGE],
+                code="invalid_request",
+                param=getattr(exc, "parameter", None),
             ) from None
         finally:
             self._num_running -= 1
