@@ -62,6 +62,7 @@ class SamplingParams(TypedDict, total=False):
     guided_choice: list[str]
     guided_grammar: str
     guided_whitespace_pattern: str
+    guided_decoding_backend: str
     user: str
     # vLLM's prefix-cache partition: only requests with the same salt share cached blocks.
     cache_salt: str
