@@ -2,8 +2,9 @@
 
 Run with `tox -e demo` (or `python examples/demo.py` where pe is installed). It converts the demo
 model once into ~/.cache/pe/, starts `pe-server serve demo --enable-prompt-embeds` on 127.0.0.1,
-then makes four calls: a plain chat question, the same question sent as prompt embeddings, a
-mixed chat with a document's embeddings between two text parts, and a streamed completion.
+then makes five calls: a plain chat question, the same question sent as prompt embeddings, a
+mixed chat with a document's embeddings between two text parts, a streamed completion, and a
+structured answer about the document's embeddings that must match a JSON schema.
 It exits non-zero if any call fails or returns an empty answer.
 """
 
@@ -16,8 +17,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import BaseModel, Field
 from safetensors import safe_open
 from transformers import AutoTokenizer
 
@@ -31,6 +34,23 @@ DOCUMENT = (
     "The Eiffel Tower is a wrought-iron lattice tower in Paris. It was built for the 1889 "
     "World's Fair and was the tallest man-made structure in the world for 41 years."
 )
+
+
+class DocumentSummary(BaseModel):
+    """The structured answer of call 5: the server constrains decoding to this schema."""
+
+    topic: str = Field(max_length=40)
+    sentiment: Literal["positive", "negative", "neutral"]
+    keywords: list[Annotated[str, Field(max_length=20)]] = Field(max_length=3)
+
+
+def json_schema_format(model: type[BaseModel]) -> dict[str, object]:
+    """OpenAI's ``response_format`` for a Pydantic model; strict: no properties beyond it."""
+    schema = {**model.model_json_schema(), "additionalProperties": False}
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": model.__name__, "schema": schema, "strict": True},
+    }
 
 
 class Embedder:
@@ -104,6 +124,21 @@ def run_calls(client: PEClient, embed: Embedder) -> None:
         return "".join(pieces)
 
     timed("4. streamed completion from prompt embeddings", streamed)
+
+    def structured() -> str:
+        reply = client.chat.completions.create(
+            model="demo",
+            messages=[user("Summarise this document as JSON:", embed(DOCUMENT))],
+            max_tokens=96,
+            temperature=0.0,
+            response_format=json_schema_format(DocumentSummary),
+        )
+        choice = reply.choices[0]
+        summary = DocumentSummary.model_validate_json(choice.message.content or "")
+        print(f"finish_reason {choice.finish_reason!r}, parsed: {summary!r}")
+        return choice.message.content or ""
+
+    timed("5. structured output: a JSON-schema answer about the document's embeddings", structured)
 
 
 def main() -> None:
