@@ -90,6 +90,13 @@ def test_every_kind_of_constraint_holds_greedy_and_sampled(
             assert constraint.kind == "json_object" and out.finish_reason == "length"
 
 
+def test_best_of_ranks_constrained_branches(llm: LLM) -> None:
+    outs = run(llm, "Describe it", COMPACT_JSON, n=2, best_of=4, temperature=1.0, seed=5)
+    assert len(outs) == 2
+    for out in outs:
+        check_compact_json(out.text)
+
+
 def test_the_grammar_decides_where_the_output_ends(llm: LLM) -> None:
     """EOS only where the grammar may end; ignore_eos-style runs can't run past the end."""
     outs = run(llm, "Pick", Constraint(regex="(ab|abc)"), n=4, temperature=1.0, seed=3)
