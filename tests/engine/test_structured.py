@@ -76,6 +76,17 @@ CASES: list[tuple[Constraint, Any]] = [
 ]
 
 
+def test_json_properties_come_in_the_order_the_schema_gives(llm: LLM) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"zeta": {"type": "boolean"}, "alpha": {"type": "boolean"}},
+        "required": ["zeta", "alpha"],
+        "additionalProperties": False,
+    }
+    (out,) = run(llm, "Two flags", Constraint(json=schema, disable_any_whitespace=True))
+    assert list(json.loads(out.text)) == ["zeta", "alpha"]
+
+
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 @pytest.mark.parametrize(("constraint", "check"), CASES, ids=lambda c: getattr(c, "kind", ""))
 def test_every_kind_of_constraint_holds_greedy_and_sampled(
@@ -215,10 +226,12 @@ def test_compiles_are_cached_by_canonical_spec(smollm2_tokenizer_dir: Path) -> N
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
     compiler = GrammarCompiler(tokenizer, 49152, [2])
-    first = compiler.compile(Constraint(json={"b": 1, "type": "object"}))
+    first = compiler.compile(Constraint(json={"type": "object", "b": 1}))
     start = time.perf_counter()
-    again = compiler.compile(Constraint(json='{"type": "object", "b": 1}'))
+    again = compiler.compile(Constraint(json='{"type":  "object",\n "b": 1}'))
     assert again is first and time.perf_counter() - start < 0.01
+    # key order is meaning (properties are written in their order): not the same grammar
+    assert compiler.compile(Constraint(json={"b": 1, "type": "object"})) is not first
     assert (
         compiler.compile(Constraint(json={"type": "object"}, disable_any_whitespace=True))
         is not first

@@ -57,7 +57,8 @@ class StructuredOutputsParams:
 
     @property
     def spec_text(self) -> str:
-        """The constraint as canonical text (a schema's keys sorted, no spaces)."""
+        """The constraint as canonical text: a schema re-serialised without spaces, its keys
+        in the order given (the order of ``properties`` is the order the output follows)."""
         value = getattr(self, self.kind)
         if self.kind == "json" and isinstance(value, str):
             try:
@@ -66,7 +67,7 @@ class StructuredOutputsParams:
                 return value  # the compiler names the error
         if isinstance(value, str):
             return value
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
     @property
     def key(self) -> tuple[Any, ...]:
