@@ -144,8 +144,10 @@ def test_stop_strings_min_tokens_and_penalties_work_with_a_constraint(llm: LLM) 
     (cut,) = run(llm, "Plate", Constraint(regex="abc+d"), stop=["cc"], temperature=1.0, seed=1)
     assert cut.text.startswith("ab") and "cc" not in cut.text
     # min_tokens cannot push a complete grammar past its end
-    (short,) = run(llm, "Pick", Constraint(choice=["yes", "no"]), min_tokens=10)
-    assert short.text in ("yes", "no") and short.finish_reason == "stop"
+    for extra in ({"min_tokens": 10}, {"ignore_eos": True}):
+        (short,) = run(llm, "Pick", Constraint(choice=["yes", "no"]), **extra)
+        assert short.text in ("yes", "no") and short.finish_reason == "stop"
+        assert len(short.token_ids) <= 3  # the word, then one EOS
     (penalised,) = run(
         llm, "Describe it", COMPACT_JSON, repetition_penalty=1.5, presence_penalty=1.0,
         frequency_penalty=1.0,

@@ -204,8 +204,12 @@ class Scheduler:
         params = seq.sampling_params
         num_output = seq.num_tokens - seq.num_prompt_tokens
         status = None
-        if num_output >= params.min_tokens:
-            if token_id in self.eos_token_ids and not params.ignore_eos:
+        # An EOS that a complete grammar forced ends the sequence, min_tokens and ignore_eos
+        # notwithstanding: the constraint allows nothing after it.
+        is_eos = token_id in self.eos_token_ids
+        grammar_done = is_eos and seq.grammar is not None and seq.grammar.is_stopped
+        if num_output >= params.min_tokens or grammar_done:
+            if is_eos and (not params.ignore_eos or grammar_done):
                 status = SequenceStatus.FINISHED_STOPPED
             elif token_id in (params.stop_token_ids or ()):
                 status = SequenceStatus.FINISHED_STOPPED
