@@ -74,9 +74,19 @@ SCHEMA: dict[str, Any] = {
     "required": ["name", "city", "role", "active", "age", "tags"],
     "additionalProperties": False,
 }
+# A schema whose one string never closes within max_tokens: under it every row generates
+# exactly max_tokens, as free text with ignore_eos does, so the two throughputs compare directly.
+LONG_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"story": {"type": "string", "minLength": 4000}},
+    "required": ["story"],
+    "additionalProperties": False,
+}
 FULL = {"batches": "1,16,64", "max_tokens": 64, "repeats": 3}
 QUICK = {"batches": "1,4", "max_tokens": 16, "repeats": 1}
-MODES = ("free", "json")
+# free / json: the realistic pair (constrained outputs end when their object closes);
+# full / long: the same number of tokens in both (ignore_eos; a string that never closes).
+MODES = ("free", "json", "full", "long")
 
 
 @dataclass
@@ -160,11 +170,13 @@ def sampling_params(mode: str, max_tokens: int) -> Any:
     from pe_engine.sampling_params import SamplingParams, StructuredOutputsParams
 
     constraint = None
-    if mode == "json":
-        constraint = StructuredOutputsParams(json=SCHEMA, disable_any_whitespace=True)
+    if mode in ("json", "long"):
+        schema = SCHEMA if mode == "json" else LONG_SCHEMA
+        constraint = StructuredOutputsParams(json=schema, disable_any_whitespace=True)
     return SamplingParams(
-        temperature=0.0, max_tokens=max_tokens, ignore_eos=False, structured_outputs=constraint
-    )
+        temperature=0.0, max_tokens=max_tokens, ignore_eos=mode == "full",
+        structured_outputs=constraint,
+    )  # fmt: skip
 
 
 def is_valid_json(text: str) -> bool:
@@ -261,9 +273,11 @@ def ratios(rows: list[Row]) -> dict[str, dict[str, float]]:
     out = {}
     for batch in sorted({r.batch for r in rows}):
         free, constrained = by_key[batch, "free"], by_key[batch, "json"]
+        full, long = by_key[batch, "full"], by_key[batch, "long"]
         out[str(batch)] = {
             "tokens_per_s": constrained.tokens_per_s / free.tokens_per_s,
             "step_ms": constrained.step_ms / free.step_ms,
+            "equal_length_tokens_per_s": long.tokens_per_s / full.tokens_per_s,
         }
     return out
 
@@ -345,9 +359,14 @@ def print_tables(rows: list[Row], summary: dict[str, Any], compile_: dict[str, A
             f"{fmt(r.mask_us_per_step, '13.0f'):>13} {fmt(r.accept_us_per_token, '14.1f'):>14} "
             f"{fmt(share, '7.1f'):>7} {r.num_finished_stop:5d} {r.num_valid_json:7d}"
         )
-    print(f"\n{'batch':>5} {'json/free tok/s':>16} {'json/free ms/step':>18}")
+    print(
+        f"\n{'batch':>5} {'json/free tok/s':>16} {'json/free ms/step':>18} {'long/full tok/s':>16}"
+    )
     for batch, ratio in summary.items():
-        print(f"{batch:>5} {ratio['tokens_per_s']:16.2f} {ratio['step_ms']:18.2f}")
+        print(
+            f"{batch:>5} {ratio['tokens_per_s']:16.2f} {ratio['step_ms']:18.2f} "
+            f"{ratio['equal_length_tokens_per_s']:16.2f}"
+        )
     print(
         f"\ncompile: llguidance tokenizer build {compile_['tokenizer_build_ms']:.1f} ms, "
         f"cold {compile_['cold_compile_ms']:.2f} ms, "
@@ -409,6 +428,7 @@ def main() -> None:
             "repeats": args.repeats,
             "num_prompts": len(PROMPTS),
             "schema": SCHEMA,
+            "long_schema": LONG_SCHEMA,
             "disable_any_whitespace": True,
             "prefix_caching": False,
         },

@@ -35,8 +35,8 @@ class GrammarMasker:
     def apply(
         self, logits: torch.Tensor, rows: Sequence[int], matchers: Sequence[GrammarMatcher]
     ) -> torch.Tensor:
-        """``logits`` with every token the row's grammar does not allow next set to -inf
-        (a copy; ``rows[i]`` is the row of ``matchers[i]``)."""
+        """``logits`` with every token the row's grammar does not allow next set to -inf, in
+        place (the step's own logits; ``rows[i]`` is the row of ``matchers[i]``)."""
         import llguidance.numpy
 
         if self._executor is None:
@@ -53,12 +53,14 @@ class GrammarMasker:
             if matcher.matcher.is_error():
                 self._allow_only_eos(bitmask[i], matcher)
         width = logits.shape[1]
-        allowed = np.unpackbits(bitmask.view(np.uint8), axis=1, bitorder="little")[:, :width]
-        allowed_rows = torch.from_numpy(allowed).to(logits.device, non_blocking=True).bool()
-        logits = logits.clone()
-        index = torch.tensor(list(rows), device=logits.device)
-        logits[index] = logits[index].masked_fill(~allowed_rows, float("-inf"))
-        return logits
+        # bit 0 = not allowed: unpack the inverted words, one byte per token, on the host
+        banned = np.unpackbits(~bitmask.view(np.uint8), axis=1, bitorder="little")[:, :width]
+        banned_rows = torch.from_numpy(banned).to(logits.device, non_blocking=True).bool()
+        if len(rows) != logits.shape[0]:  # some rows are free: ban nothing there
+            full = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+            full[torch.tensor(list(rows), device=logits.device)] = banned_rows
+            banned_rows = full
+        return logits.masked_fill_(banned_rows, float("-inf"))
 
     def _allow_only_eos(self, row: np.ndarray, matcher: GrammarMatcher) -> None:
         if not matcher.error_logged:
