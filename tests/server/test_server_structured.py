@@ -21,7 +21,7 @@ import pytest
 from pydantic import BaseModel, Field
 from server_harness import API_KEY, MODEL, ServerProcess, assert_error
 
-from conftest import MAIN_FLAGS, Embedder, module_server
+from conftest import MAIN_FLAGS, Embedder, module_server, serve
 from pe_common.codec import encode_prompt_embeds
 
 COMPACT = '{"disable_any_whitespace": true}'
@@ -192,8 +192,6 @@ def test_a_slow_compile_is_a_400_and_never_stalls_other_requests(
     """A ~60 KB schema takes tens of ms to compile: past a 1 ms budget it is a 400, while a
     plain request sent at the same time is answered as usual (compiles run on their own
     threads, never the event loop or the engine thread)."""
-    from conftest import serve
-
     props = {f"p{i}": {"type": "string", "pattern": "[a-z]{3,9}[0-9]+"} for i in range(900)}
     big = {"type": "object", "properties": props, "required": list(props)}
     gen = serve(tiny_llama_dir, tmp_path_factory, "slow-compile",
