@@ -19,6 +19,7 @@ recognised without importing it.
 from pe_client._base import NOT_GIVEN, NotGiven, RequestOptions
 from pe_client._version import __version__
 from pe_client.client import AsyncPEClient, PEClient
+from pe_client.embeds_object import EmbedsObject
 from pe_client.errors import (
     APIConnectionError,
     APIError,
@@ -54,6 +55,7 @@ __all__ = [
     "BadRequestError",
     "ConflictError",
     "EmbedsFormat",
+    "EmbedsObject",
     "InternalServerError",
     "MissingDependencyError",
     "NotFoundError",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar, Union, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, Union, cast
 
 import httpx
 import msgspec
@@ -13,14 +13,19 @@ import numpy as np
 from typing_extensions import Self
 
 from pe_client._version import __version__
+from pe_client.embeds_object import EMBEDS_NOT_FOUND
 from pe_client.errors import (
     APIConnectionError,
     APIResponseValidationError,
     APITimeoutError,
+    NotFoundError,
     make_status_error,
 )
 from pe_client.retries import RetryPolicy, is_retryable_status
 from pe_client.tensors import EmbedsFormat, check_format
+
+if TYPE_CHECKING:
+    from pe_client.embeds_object import EmbedsObject
 
 T = TypeVar("T")
 HttpT = TypeVar("HttpT", httpx.Client, httpx.AsyncClient)
@@ -65,6 +70,8 @@ class RequestOptions:
     extra_headers: Mapping[str, str] | None = None
     extra_body: Mapping[str, object] | None = None
     timeout: TimeoutTypes | NotGiven = NOT_GIVEN
+    # EmbedsObjects the body references that keep their tensor: uploaded again on a 404.
+    reuploadable: tuple[EmbedsObject, ...] = ()
 
     @property
     def has_body(self) -> bool:
@@ -205,6 +212,11 @@ class BaseClient(Generic[HttpT]):
         if num_retries < self.max_retries and self._should_retry(response):
             return self._retry_policy.delay(num_retries, response.headers)
         raise self._status_error(response)
+
+    def _can_reupload(self, exc: NotFoundError, options: RequestOptions) -> bool:
+        """Whether a 404 is a stored tensor the server lost that this request can upload again
+        (the shell then re-uploads ``options.reuploadable`` and sends once more)."""
+        return exc.code == EMBEDS_NOT_FOUND and bool(options.reuploadable)
 
     def _should_retry(self, response: httpx.Response) -> bool:
         override = str(response.headers.get("x-should-retry", "")).lower()

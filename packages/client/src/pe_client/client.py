@@ -1,7 +1,8 @@
 """PEClient and AsyncPEClient: the entry points, shaped like ``openai.OpenAI`` / ``AsyncOpenAI``.
 
 Both are thin shells over :class:`~pe_client._base.BaseClient`, which builds every request and
-parses every answer; a shell only sends, reads, sleeps between tries and closes.
+parses every answer; a shell only sends, reads, sleeps between tries, re-uploads stored embeds a
+server has lost, and closes.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ import httpx
 
 from pe_client._base import BaseClient, RequestOptions
 from pe_client._closing import AsyncClosing, Closing
+from pe_client.errors import NotFoundError
 from pe_client.resources.chat import AsyncChat, Chat
 from pe_client.resources.completions import AsyncCompletions, Completions
+from pe_client.resources.embeds import AsyncEmbeds, Embeds, reupload_options
 from pe_client.resources.models import AsyncModels, Models
 from pe_client.streaming import AsyncStream, Stream
+from pe_common.protocol.embeds import EmbedsObject as WireEmbedsObject
 
 T = TypeVar("T")
 ChunkT = TypeVar("ChunkT")
@@ -57,10 +61,11 @@ class PEClient(BaseClient[httpx.Client], Closing):
         self.completions = Completions(self)
         self.chat = Chat(self)
         self.models = Models(self)
+        self.embeds = Embeds(self)
 
     def request(self, options: RequestOptions, cast_to: type[T]) -> T:
         """Send ``options`` and decode the body into ``cast_to``."""
-        response = self._send(options)
+        response = self._send_with_embeds(options)
         try:
             response.read()
         finally:
@@ -69,7 +74,19 @@ class PEClient(BaseClient[httpx.Client], Closing):
 
     def request_stream(self, options: RequestOptions, chunk_type: type[ChunkT]) -> Stream[ChunkT]:
         """Send ``options`` and return the open event stream."""
-        return Stream(chunk_type, self._send(options))
+        return Stream(chunk_type, self._send_with_embeds(options))
+
+    def _send_with_embeds(self, options: RequestOptions) -> httpx.Response:
+        """Send; on a 404 for stored embeds this request can upload again, re-upload them all
+        (a restarted or different server has lost every one) and send once more."""
+        try:
+            return self._send(options)
+        except NotFoundError as exc:
+            if not self._can_reupload(exc, options):
+                raise
+        for obj in options.reuploadable:
+            obj.replace_with(self.request(reupload_options(obj, options), WireEmbedsObject))
+        return self._send(options)
 
     def _send(self, options: RequestOptions) -> httpx.Response:
         request = self._build_request(options, self._encode_body(options))
@@ -106,10 +123,11 @@ class AsyncPEClient(BaseClient[httpx.AsyncClient], AsyncClosing):
         self.completions = AsyncCompletions(self)
         self.chat = AsyncChat(self)
         self.models = AsyncModels(self)
+        self.embeds = AsyncEmbeds(self)
 
     async def request(self, options: RequestOptions, cast_to: type[T]) -> T:
         """Send ``options`` and decode the body into ``cast_to``."""
-        response = await self._send(options)
+        response = await self._send_with_embeds(options)
         try:
             await response.aread()
         finally:
@@ -120,7 +138,19 @@ class AsyncPEClient(BaseClient[httpx.AsyncClient], AsyncClosing):
         self, options: RequestOptions, chunk_type: type[ChunkT]
     ) -> AsyncStream[ChunkT]:
         """Send ``options`` and return the open event stream."""
-        return AsyncStream(chunk_type, await self._send(options))
+        return AsyncStream(chunk_type, await self._send_with_embeds(options))
+
+    async def _send_with_embeds(self, options: RequestOptions) -> httpx.Response:
+        """:meth:`PEClient._send_with_embeds`, awaiting."""
+        try:
+            return await self._send(options)
+        except NotFoundError as exc:
+            if not self._can_reupload(exc, options):
+                raise
+        for obj in options.reuploadable:
+            fresh = await self.request(reupload_options(obj, options), WireEmbedsObject)
+            obj.replace_with(fresh)
+        return await self._send(options)
 
     async def _send(self, options: RequestOptions) -> httpx.Response:
         content = None

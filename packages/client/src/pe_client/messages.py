@@ -13,6 +13,9 @@ messages work with pe-client, with the official ``openai`` client and with ``req
 A single string gives plain string content (``{"role": "user", "content": "hi"}``); anything
 else gives a list of ``text`` and ``prompt_embeds`` parts in the order given. Use
 ``format="torch"`` for a vLLM server (it only reads ``torch.save`` payloads); pe reads all three.
+
+An :class:`~pe_client.EmbedsObject` (from ``client.embeds.create``) gives a reference part
+``{"type": "prompt_embeds", "id": ...}``: the tensor was uploaded once and is not sent again.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pe_client.embeds_object import is_embeds_object
 from pe_client.tensors import EmbedsFormat, as_json_payload, encode_embeds, is_encoded, is_tensor
 
 __all__ = ["assistant", "message", "prompt_embeds_part", "system", "text_part", "user"]
@@ -37,7 +41,7 @@ def prompt_embeds_part(embeds: object, *, format: EmbedsFormat = "safetensors") 
 
     ``embeds`` is a numpy array, a torch.Tensor, a :class:`~pe_client.RawTensor` or an
     already-encoded payload. ``format="raw"`` adds the ``dtype`` and ``shape`` keys (a pe
-    extension).
+    extension). An :class:`~pe_client.EmbedsObject` gives ``{"type": "prompt_embeds", "id": ...}``.
     """
     encoded = as_json_payload(encode_embeds(embeds, format))
     if isinstance(encoded, dict):
@@ -92,9 +96,9 @@ def _part(item: object, format: EmbedsFormat) -> dict[str, Any]:
         return text_part(item)
     if isinstance(item, Mapping) and "type" in item:
         return dict(item)  # an already-built part
-    if is_tensor(item) or is_encoded(item):
+    if is_tensor(item) or is_encoded(item) or is_embeds_object(item):
         return prompt_embeds_part(item, format=format)
     raise TypeError(
-        "message content must be str, a content part dict, or a tensor "
-        f"(numpy array, torch.Tensor, RawTensor), not {type(item).__name__}"
+        "message content must be str, a content part dict, a tensor "
+        f"(numpy array, torch.Tensor, RawTensor) or an EmbedsObject, not {type(item).__name__}"
     )

@@ -20,6 +20,7 @@ from typing import Any, Literal, Union, cast
 import numpy as np
 import pybase64
 
+from pe_client.embeds_object import is_reference, reference_item
 from pe_client.errors import MissingDependencyError
 from pe_common.codec.limits import ITEMSIZE, SUPPORTED_DTYPES
 
@@ -108,10 +109,13 @@ def encode_embeds(
     """Encode one 2-D ``(num_tokens, hidden_size)`` tensor for the wire.
 
     Already-encoded payloads (base64 str, file bytes, raw spec dict) pass through unchanged, so a
-    tensor encoded once can be reused. ``binary=True`` (msgpack transport) gives file bytes
+    tensor encoded once can be reused. An :class:`~pe_client.EmbedsObject` (or a ``{"id": ...}``
+    item) becomes a reference ``{"id": ...}`` to the stored tensor. ``binary=True`` (msgpack transport) gives file bytes
     instead of base64 text; for ``"raw"`` it gives ``{"data": bytes, "dtype", "shape"}``.
     """
     check_format(format)
+    if is_reference(x):
+        return reference_item(x)
     if is_encoded(x):
         return _passthrough(x)
     if isinstance(x, RawTensor):
@@ -121,8 +125,8 @@ def encode_embeds(
     if isinstance(x, np.ndarray):
         return _encode_numpy(x, format, binary)
     raise TypeError(
-        "prompt embeddings must be a numpy array, a torch.Tensor, a pe_client.RawTensor or an "
-        f"already-encoded payload, not {type(x).__name__}"
+        "prompt embeddings must be a numpy array, a torch.Tensor, a pe_client.RawTensor, an "
+        f"EmbedsObject or an already-encoded payload, not {type(x).__name__}"
     )
 
 

@@ -18,6 +18,7 @@ from pe_client.params import RequestExtras
 
 if TYPE_CHECKING:
     from pe_client._base import BaseClient
+    from pe_client.embeds_object import EmbedsObject
 
 ResponseT = TypeVar("ResponseT")
 StreamT = TypeVar("StreamT")
@@ -47,8 +48,11 @@ class APIResource(Generic[ResponseT, StreamT]):
         extras: RequestExtras,
         build_body: BodyBuilder | None = None,
         stream: bool = False,
+        reuploadable: tuple[EmbedsObject, ...] = (),
     ) -> ResponseT | StreamT:
-        options = RequestOptions(endpoint.method, endpoint.path, build_body, stream, **extras)
+        options = RequestOptions(
+            endpoint.method, endpoint.path, build_body, stream, **extras, reuploadable=reuploadable
+        )
         if stream:
             assert endpoint.chunk_type is not None, f"{endpoint.path} does not stream"
             return cast(StreamT, self._client.request_stream(options, endpoint.chunk_type))

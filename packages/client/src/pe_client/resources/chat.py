@@ -8,6 +8,13 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from typing_extensions import Unpack
 
 from pe_client._base import NOT_GIVEN, BodyBuilder, NotGiven, TimeoutTypes
+from pe_client.embeds_object import (
+    EmbedsObject,
+    is_embeds_object,
+    is_reference,
+    reference_item,
+    reuploadable_in,
+)
 from pe_client.params import (
     ChatCompletionArgs,
     ChatCompletionParams,
@@ -36,7 +43,9 @@ def encode_messages(
 
     A part ``{"type": "prompt_embeds", "data": tensor}`` gets its ``data`` encoded (a raw-format
     tensor also adds ``dtype`` / ``shape``); a bare tensor in a content list becomes such a part
-    and a bare string a text part. Already-encoded parts go through unchanged.
+    and a bare string a text part. An EmbedsObject becomes ``{"type": "prompt_embeds", "id": ...}``
+    and an id part built earlier gets the latest id of a re-uploaded object. Already-encoded parts
+    go through unchanged.
     """
     out = []
     for msg in messages:
@@ -46,18 +55,33 @@ def encode_messages(
         content = copy.get("content")
         if isinstance(content, (list, tuple)):
             copy["content"] = [_encode_part(part, embeds_format, binary) for part in content]
-        elif is_tensor(content):
+        elif is_tensor(content) or is_embeds_object(content):
             copy["content"] = [_encode_part(content, embeds_format, binary)]
         out.append(copy)
     return out
 
 
+def reuploadable_in_messages(messages: Iterable[Mapping[str, Any]]) -> tuple[EmbedsObject, ...]:
+    """The reuploadable EmbedsObjects the messages' content parts reference."""
+    parts: list[object] = []
+    for msg in messages:
+        content = msg.get("content") if isinstance(msg, Mapping) else None
+        parts.extend(content if isinstance(content, (list, tuple)) else [content])
+    return reuploadable_in(parts)
+
+
 def _encode_part(part: object, embeds_format: EmbedsFormat, binary: bool) -> object:
     if isinstance(part, str):
         return {"type": "text", "text": part}
+    if is_embeds_object(part):
+        return {"type": "prompt_embeds", **reference_item(part)}
     if is_tensor(part):
         part = {"type": "prompt_embeds", "data": part}
-    if not isinstance(part, Mapping) or not is_tensor(part.get("data")):
+    if not isinstance(part, Mapping):
+        return part
+    if part.get("type") == "prompt_embeds" and is_reference(part):
+        return reference_item(part)
+    if not is_tensor(part.get("data")):
         return part
     encoded = encode_embeds(part["data"], embeds_format, binary=binary)
     if isinstance(encoded, dict):
@@ -126,15 +150,20 @@ class BaseChatCompletions(APIResource[ResponseT, StreamT]):
             messages: OpenAI-shaped message dicts (build them with :mod:`pe_client.messages`).
                 Content parts may hold tensors directly, ``{"type": "prompt_embeds", "data":
                 array}``: they are encoded with the client's ``embeds_format`` and transport.
+                An :class:`~pe_client.EmbedsObject` is sent as a reference to the stored
+                tensor; one created with ``reupload=True`` is uploaded again if the server has
+                lost it (a 404 ``embeds_not_found``), and the request is retried once.
             stream: return a :class:`~pe_client.Stream` of chunks instead of one response.
             extra_headers / extra_body / timeout: per-request additions and overrides.
             **params: see :class:`pe_client.params.ChatCompletionParams`: max_tokens,
                 max_completion_tokens, temperature, top_p, top_k, min_p, n, seed, stop,
                 logprobs, top_logprobs, penalties, chat_template, chat_template_kwargs, ...
         """
-        body = chat_body(model, messages, stream, params, self._client.embeds_format)
+        message_list = list(messages)
+        body = chat_body(model, message_list, stream, params, self._client.embeds_format)
         extras = RequestExtras(extra_headers=extra_headers, extra_body=extra_body, timeout=timeout)
-        return self._call(CHAT_COMPLETIONS, extras, body, stream)
+        reuploadable = reuploadable_in_messages(message_list)
+        return self._call(CHAT_COMPLETIONS, extras, body, stream, reuploadable)
 
 
 class ChatCompletions(

@@ -8,6 +8,7 @@ from typing import Any, Literal, overload
 from typing_extensions import Unpack
 
 from pe_client._base import NOT_GIVEN, BodyBuilder, NotGiven, TimeoutTypes
+from pe_client.embeds_object import EmbedsObject, reuploadable_in
 from pe_client.params import (
     CompletionArgs,
     CompletionParams,
@@ -54,6 +55,13 @@ def completion_body(
     return build
 
 
+def reuploadable_embeds(prompt_embeds: object | None) -> tuple[EmbedsObject, ...]:
+    """The reuploadable EmbedsObjects a ``prompt_embeds`` value (one item or a list) holds."""
+    if isinstance(prompt_embeds, (list, tuple)):
+        return reuploadable_in(prompt_embeds)
+    return reuploadable_in([prompt_embeds])
+
+
 class BaseCompletions(APIResource[ResponseT, StreamT]):
     """``client.completions`` for either client, generic in what ``create`` returns."""
 
@@ -86,6 +94,10 @@ class BaseCompletions(APIResource[ResponseT, StreamT]):
             prompt_embeds: one ``(num_tokens, hidden_size)`` tensor (numpy array, torch.Tensor,
                 :class:`~pe_client.RawTensor`, or an already-encoded payload) or a list of them,
                 one prompt each. Embeds prompts come first in ``choices``, then text prompts.
+                An :class:`~pe_client.EmbedsObject` (from ``client.embeds.create``) is sent as a
+                reference ``{"id": ...}`` and mixes with tensors in a list; one created with
+                ``reupload=True`` is uploaded again if the server has lost it (a 404
+                ``embeds_not_found``), and the request is retried once.
             stream: return a :class:`~pe_client.Stream` of chunks instead of one response.
             extra_headers / extra_body / timeout: per-request additions and overrides.
             **params: sampling and output fields (see :class:`pe_client.params.CompletionParams`):
@@ -97,7 +109,8 @@ class BaseCompletions(APIResource[ResponseT, StreamT]):
             model, prompt, prompt_embeds, stream, params, self._client.embeds_format
         )
         extras = RequestExtras(extra_headers=extra_headers, extra_body=extra_body, timeout=timeout)
-        return self._call(COMPLETIONS, extras, body, stream)
+        reuploadable = reuploadable_embeds(prompt_embeds)
+        return self._call(COMPLETIONS, extras, body, stream, reuploadable)
 
 
 class Completions(BaseCompletions[CompletionResponse, Stream[CompletionStreamResponse]]):
