@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from pe_common.protocol.limits import DEFAULT_LIMITS, MAX_CHARS_PER_TOKEN, RequestLimits
+from pe_engine.inputs.embeds_store import EmbedsStore
 from pe_server.admission import Admission
 from pe_server.auth import ApiKeyAuth
 from pe_server.backends import make_backend
@@ -33,8 +34,14 @@ def create_app(config: ServerConfig, backend: Backend | None = None) -> web.Appl
         ),
         auth=ApiKeyAuth(key.get_secret_value() for key in config.api_key),
         limits=request_limits(config),
+        embeds_store=EmbedsStore(
+            max_bytes=config.embeds_store_bytes,
+            ttl=config.embeds_ttl,
+            max_bytes_per_tenant=config.embeds_store_bytes_per_key,
+        ),
     )
     state.metrics.attach_backend(state.backend.stats, lambda: state.admission.num_requests)
+    state.metrics.attach_embeds_store(lambda: state.embeds_store.stats)
     app[STATE] = state
     app.cleanup_ctx.append(decode_pool_ctx)
     app.cleanup_ctx.append(backend_ctx)

@@ -133,6 +133,15 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     limits.add_argument(
         "--max-embeds-bytes", help="decoded prompt-embeds bytes per request (e.g. 256MiB)"
     )
+    limits.add_argument(
+        "--embeds-store-bytes", help="bytes of uploaded embeddings (/v1/embeds) kept (1GiB)"
+    )
+    limits.add_argument(
+        "--embeds-store-bytes-per-key", help="bytes of uploaded embeddings one API key may keep"
+    )
+    limits.add_argument(
+        "--embeds-ttl", type=float, help="seconds an uploaded embeddings object lives after use"
+    )
     limits.add_argument("--max-concurrent-requests", type=int)
     limits.add_argument(
         "--max-requests-per-key",

@@ -37,7 +37,13 @@ UvicornLogLevel = Literal["critical", "error", "warning", "info", "debug", "trac
 
 
 SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
-SIZE_FIELDS = ("kv_cache_memory", "max_embeds_bytes", "max_bytes_in_flight")
+SIZE_FIELDS = (
+    "kv_cache_memory",
+    "max_embeds_bytes",
+    "max_bytes_in_flight",
+    "embeds_store_bytes",
+    "embeds_store_bytes_per_key",
+)
 
 
 def parse_size(value: Any) -> Any:
@@ -117,6 +123,11 @@ class ServerConfig(EngineSettings):
     # quota. Beyond it: 429 with Retry-After.
     max_requests_per_key: int | None = Field(None, ge=1)
     max_bytes_in_flight: int = Field(4 * GiB, ge=1)
+    # Stored prompt embeddings (/v1/embeds): bytes in all, per API key (None: no quota), and
+    # seconds an object lives after its last use.
+    embeds_store_bytes: int = Field(1 * GiB, ge=0)
+    embeds_store_bytes_per_key: int | None = Field(None, ge=1)
+    embeds_ttl: float = Field(3600.0, gt=0)
     max_prompts: int = Field(1024, ge=1)
     max_content_parts: int = Field(256, ge=1)
     max_n: int = Field(128, ge=1)

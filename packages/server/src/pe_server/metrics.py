@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -55,6 +56,26 @@ class BackendCollector(Collector):
         )  # fmt: skip
 
 
+class EmbedsStoreCollector(Collector):
+    """The embeds store's objects, bytes and traffic, read at scrape time."""
+
+    def __init__(self, stats: Callable[[], Any]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats()
+        yield GaugeMetricFamily("pe_embeds_store_objects", "Stored embeds objects.", s.objects)
+        yield GaugeMetricFamily("pe_embeds_store_bytes", "Bytes of stored embeds.", s.bytes)
+        for name, value, text in (
+            ("uploads", s.uploads, "Embeds objects uploaded."),
+            ("hits", s.hits, "References to stored embeds that were found."),
+            ("misses", s.misses, "References to unknown, expired or deleted embeds."),
+            ("evictions", s.evictions, "Objects evicted to make room (least recently used)."),
+            ("expirations", s.expirations, "Objects dropped a TTL after their last use."),
+        ):
+            yield CounterMetricFamily(f"pe_embeds_store_{name}", text, value)
+
+
 class ServerMetrics:
     """All server-side metrics; :meth:`render` gives the text exposition."""
 
@@ -101,6 +122,9 @@ class ServerMetrics:
         self, stats: Callable[[], BackendStats], admitted: Callable[[], int]
     ) -> None:
         self.registry.register(BackendCollector(stats, admitted))
+
+    def attach_embeds_store(self, stats: Callable[[], Any]) -> None:
+        self.registry.register(EmbedsStoreCollector(stats))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

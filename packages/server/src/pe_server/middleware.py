@@ -17,6 +17,7 @@ from aiohttp.web_urldispatcher import SystemRoute
 
 from pe_server.auth import bearer_token, digest
 from pe_server.config import BYTES_IN_FLIGHT_FACTOR, SMALL_BODY_BYTES
+from pe_server.embeds import release_pins
 from pe_server.errors import APIError, error_response, to_api_error
 from pe_server.state import BODY_KIND, BODY_LIMIT, REQUEST_ID, STATE, STREAM, policy_of
 
@@ -167,6 +168,7 @@ async def admission_middleware(request: web.Request, handler: Handler) -> web.St
         return await handler(request)
     finally:
         state.admission.release(ticket)
+        release_pins(request)  # the stored embeds the request named
 
 
 def tenant_of(request: web.Request, by_key: bool) -> str:

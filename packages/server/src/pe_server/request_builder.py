@@ -13,12 +13,13 @@ from pe_common.codec import EmbedsLimits, decode_prompt_embeds
 from pe_common.codec.limits import ITEMSIZE, SUPPORTED_DTYPES
 from pe_common.codec.tensor_view import MAX_DIM
 from pe_common.errors import PEValidationError
-from pe_common.protocol import encode_json
+from pe_common.protocol import EmbedsRef, encode_json
 from pe_server.errors import APIError
 from pe_server.state import ServerState
 
 if TYPE_CHECKING:
     import torch
+    from aiohttp import web
 
     from pe_engine.inputs.prompt_builder import PromptBuilder as EnginePromptBuilder
     from pe_engine.prompt import Prompt
@@ -131,10 +132,11 @@ class ChatOptions:
 class PromptBuilder:
     """Builds engine prompts for one app; CPU-heavy steps run in the decode thread pool."""
 
-    def __init__(self, state: ServerState) -> None:
+    def __init__(self, state: ServerState, request: web.Request | None = None) -> None:
         self.state = state
         self.config = state.config
         self.backend = state.backend
+        self.request = request  # whose stored embeds ``{"id": ...}`` items name
 
     @property
     def info(self) -> Any:
@@ -161,28 +163,43 @@ class PromptBuilder:
             if rows is not None and rows > 0:
                 check_context(self.info.max_model_len, rows, max_tokens)
 
-    async def decode_embeds(self, payloads: Sequence[Any]) -> list[torch.Tensor]:
+    async def decode_embeds(
+        self, payloads: Sequence[Any], param: str = EMBEDS_PARAM
+    ) -> list[torch.Tensor]:
         """Decode every payload in the thread pool; the request's bytes stay within budget."""
         if not payloads:
             return []
         budget = self.config.max_embeds_bytes
         limits = EmbedsLimits(max_bytes=budget)
+        stored = {i: self._stored(p) for i, p in enumerate(payloads) if isinstance(p, EmbedsRef)}
+        inline = [p for p in payloads if not isinstance(p, EmbedsRef)]
         start = time.perf_counter()
-        tensors = await asyncio.gather(*(self.run(self._decode_one, p, limits) for p in payloads))
-        self.state.metrics.embeds_decode.observe(time.perf_counter() - start)
-        total = sum(t.nbytes for t in tensors)
-        self.state.metrics.embeds_bytes.inc(total)
-        if total > budget:
+        decoded = await asyncio.gather(
+            *(self.run(self._decode_one, p, limits, param) for p in inline)
+        )
+        if inline:
+            self.state.metrics.embeds_decode.observe(time.perf_counter() - start)
+            self.state.metrics.embeds_bytes.inc(sum(t.nbytes for t in decoded))
+        remaining = iter(decoded)
+        tensors = [stored[i] if i in stored else next(remaining) for i in range(len(payloads))]
+        if sum(t.nbytes for t in tensors) > budget:  # rows the engine will hold, stored or not
             raise budget_exceeded(budget)
-        return list(tensors)
+        return tensors
 
-    def _decode_one(self, payload: Any, limits: EmbedsLimits) -> torch.Tensor:
+    def _stored(self, ref: EmbedsRef) -> torch.Tensor:
+        """A stored object's tensor (pinned for the request), or a 404 naming where."""
+        from pe_server.embeds import resolve
+
+        assert self.request is not None, "stored embeds are resolved for an HTTP request"
+        return resolve(self.request, ref)
+
+    def _decode_one(self, payload: Any, limits: EmbedsLimits, param: str) -> torch.Tensor:
         return decode_prompt_embeds(
             payload,
             hidden_size=self.info.hidden_size,
             dtype=self.info.dtype,
             limits=limits,
-            param=EMBEDS_PARAM,
+            param=param,
         )
 
     # ---- completions prompts -------------------------------------------------------------

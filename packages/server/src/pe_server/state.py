@@ -20,6 +20,7 @@ from pe_server.sse import EventStream
 
 if TYPE_CHECKING:
     from pe_engine.inputs.chat_render import ChatRenderPool
+    from pe_engine.inputs.embeds_store import EmbedsStore
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 H = TypeVar("H", bound=Handler)
@@ -74,12 +75,20 @@ class ServerState:
     # Chat templates render in these processes; callers wait on these threads.
     chat_renderer: ChatRenderPool | None = None
     render_threads: ThreadPoolExecutor | None = None
+    # Uploaded prompt embeddings (/v1/embeds), per tenant.
+    embeds_store: EmbedsStore = field(default_factory=lambda: _default_store())
     is_draining: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
     def model_name(self) -> str:
         return self.config.model_names[0]
+
+
+def _default_store() -> EmbedsStore:
+    from pe_engine.inputs.embeds_store import EmbedsStore
+
+    return EmbedsStore()
 
 
 STATE = web.AppKey("pe_state", ServerState)

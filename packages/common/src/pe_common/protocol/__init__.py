@@ -33,6 +33,7 @@ from pe_common.protocol.chat_message import (
 )
 from pe_common.protocol.common import (
     EmbedsPayload,
+    EmbedsRef,
     PromptTokensDetails,
     RawEmbeds,
     StreamOptions,
@@ -51,6 +52,7 @@ from pe_common.protocol.decode import (
     decode_detokenize_request,
     decode_tokenize_request,
 )
+from pe_common.protocol.embeds import EmbedsDeleted, EmbedsList, EmbedsObject
 from pe_common.protocol.encode import encode_json, encode_msgpack
 from pe_common.protocol.error import ErrorInfo, ErrorResponse
 from pe_common.protocol.limits import DEFAULT_LIMITS, RequestLimits
@@ -100,7 +102,11 @@ __all__ = [
     "DeltaToolCall",
     "DetokenizeRequest",
     "DetokenizeResponse",
+    "EmbedsDeleted",
+    "EmbedsList",
+    "EmbedsObject",
     "EmbedsPayload",
+    "EmbedsRef",
     "ErrorInfo",
     "ErrorResponse",
     "FunctionCall",

@@ -9,6 +9,7 @@ import msgspec
 from pe_common.protocol.common import (
     RAW_EMBEDS_JSON_SCHEMA,
     EmbedsPayload,
+    EmbedsRef,
     RawEmbeds,
     RequestStruct,
     ResponseStruct,
@@ -30,13 +31,21 @@ class PromptEmbedsPart(RequestStruct, tag_field="type", tag="prompt_embeds", kw_
     or raw tensor bytes when ``dtype`` and ``shape`` are given too.
     """
 
-    data: str | bytes
+    data: str | bytes | None = None
     dtype: str | None = None
     shape: list[int] | None = None
+    # pe extension: a stored tensor's id (``/v1/embeds``) instead of ``data``; ``ref_path`` is
+    # where the request named it (a 404's ``param``), set when the request is decoded.
+    id: str | None = None
+    ref_path: str = "messages"
 
     @property
     def payload(self) -> EmbedsPayload:
-        """The item the codec decodes: a :class:`RawEmbeds` when metadata is declared."""
+        """The item the codec decodes: a :class:`RawEmbeds` when metadata is declared, an
+        :class:`EmbedsRef` for a stored tensor."""
+        if self.id is not None:
+            return EmbedsRef(id=self.id, path=self.ref_path)
+        assert self.data is not None
         if self.dtype is not None and self.shape is not None:
             return RawEmbeds(data=self.data, dtype=self.dtype, shape=self.shape)
         return self.data

@@ -35,9 +35,18 @@ class RawEmbeds(RequestStruct, kw_only=True):
     shape: list[int]
 
 
+class EmbedsRef(RequestStruct, kw_only=True):
+    """A stored tensor named by id (pe's ``/v1/embeds``); ``path`` is where the request named
+    it, for the ``param`` of a 404."""
+
+    id: str
+    path: str = "prompt_embeds"
+
+
 # What one prompt-embeddings item is after decoding: base64 text of a torch.save /
-# safetensors file, the file bytes themselves (msgpack), or raw bytes with metadata.
-EmbedsPayload = Union[str, bytes, RawEmbeds]
+# safetensors file, the file bytes themselves (msgpack), raw bytes with metadata, or a stored
+# tensor's id.
+EmbedsPayload = Union[str, bytes, RawEmbeds, EmbedsRef]
 
 RAW_EMBEDS_JSON_SCHEMA: dict[str, Any] = {
     "title": "RawEmbeds",

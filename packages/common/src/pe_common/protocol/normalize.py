@@ -23,7 +23,7 @@ from pe_common.protocol.chat_message import (
     Role,
     TextPart,
 )
-from pe_common.protocol.common import EmbedsPayload, RawEmbeds
+from pe_common.protocol.common import EmbedsPayload, EmbedsRef, RawEmbeds
 from pe_common.protocol.completion import (
     CompletionRequest,
     CompletionRequestBody,
@@ -178,6 +178,8 @@ def _part(part: Any, path: str) -> ContentPart:
 
 
 def _prompt_embeds_part(part: Mapping[Any, Any], path: str) -> PromptEmbedsPart:
+    if "id" in part:
+        return PromptEmbedsPart(id=_ref_id(part, path, "messages"), ref_path=_ref_path(path))
     data = part.get("data")
     if data is None or (isinstance(data, (str, bytes)) and not data):
         raise InvalidRequestError(
@@ -201,6 +203,8 @@ def _embeds_item(item: Any, path: str) -> EmbedsPayload:
     if isinstance(item, (str, bytes)):
         return item
     if isinstance(item, Mapping):
+        if "id" in item:
+            return EmbedsRef(id=_ref_id(item, path, "prompt_embeds"), path=_ref_path(path))
         return _raw_embeds(item, path)
     raise _invalid(
         "`prompt_embeds` items must be base64 text, bytes, or an object with `data`, "
@@ -208,6 +212,21 @@ def _embeds_item(item: Any, path: str) -> EmbedsPayload:
         path,
         "prompt_embeds",
     )
+
+
+def _ref_id(obj: Mapping[Any, Any], path: str, param: str) -> str:
+    """A stored tensor's id, alone (``data`` and ``id`` are exclusive)."""
+    if "data" in obj:
+        raise _invalid("give either `data` or `id`, not both", path, param)
+    embeds_id = _field(obj, "id", str, path, param)
+    if not embeds_id:
+        raise _invalid("`id` must not be empty", path, param)
+    return embeds_id
+
+
+def _ref_path(path: str) -> str:
+    """``$.messages[2].content[1]`` -> ``messages[2].content[1].id`` (a 404's ``param``)."""
+    return path.removeprefix("$.") + ".id"
 
 
 def _raw_embeds(item: Mapping[Any, Any], path: str) -> RawEmbeds:

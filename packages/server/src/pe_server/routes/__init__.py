@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pe_server.routes import chat, completions, health, models, tokenize
+from pe_server.routes import chat, completions, embeds, health, models, tokenize
 
 ROUTE_TABLES = (
     health.routes,
@@ -10,4 +10,5 @@ ROUTE_TABLES = (
     completions.routes,
     chat.routes,
     tokenize.routes,
+    embeds.routes,
 )

@@ -39,7 +39,7 @@ async def take_in(request: web.Request, decode: Callable[..., R]) -> Intake[R]:
     state = request.app[STATE]
     req = await decode_body(request, decode)
     model = check_model(state, req.model)
-    return Intake(state, req, model, PromptBuilder(state))
+    return Intake(state, req, model, PromptBuilder(state, request))
 
 
 async def decode_body(request: web.Request, decode: Callable[..., T]) -> T:

@@ -1,0 +1,228 @@
+"""Prompt embeddings stored once and referenced by id (pe's ``/v1/embeds``, and the offline
+``LLM``'s handles): bounded in bytes in total and per tenant, expiring a fixed time after their
+last use, evicted least recently used first, never while a request holds them.
+
+An object is immutable: its tensor is the validated, model-dtype copy made at upload, and every
+request that names it reads those rows. Ids are 128 random bits (never a content hash, which
+would tell one tenant what another uploaded). A tenant sees only its own objects: another
+tenant's id is "not found", the same answer as an unknown one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+ID_PREFIX = "emb_"
+
+
+class EmbedsNotFoundError(KeyError):
+    """No such object for this tenant (unknown, expired, deleted or another tenant's)."""
+
+    def __init__(self, embeds_id: str) -> None:
+        super().__init__(embeds_id)
+        self.embeds_id = embeds_id
+
+
+class EmbedsStoreFullError(RuntimeError):
+    """The object does not fit: the bytes it needs are held by objects in use."""
+
+
+@dataclass(eq=False)
+class StoredEmbeds:
+    """One stored tensor ``[num_tokens, hidden_size]`` and its bookkeeping."""
+
+    id: str
+    tenant: str
+    tensor: torch.Tensor
+    digest: bytes  # SHA-256 of the rows' bytes
+    created_at: float
+    last_used: float
+    ttl: float
+    pins: int = 0
+    is_deleted: bool = False
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.tensor.shape[0])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.tensor.shape[1])
+
+    @property
+    def dtype(self) -> str:
+        return str(self.tensor.dtype).removeprefix("torch.")
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.tensor.nbytes)
+
+    @property
+    def expires_at(self) -> float:
+        return self.last_used + self.ttl
+
+
+@dataclass
+class StoreStats:
+    uploads: int = 0
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    expirations: int = 0
+    objects: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class EmbedsStore:
+    """The objects of every tenant, in least-recently-used order. Thread-safe."""
+
+    max_bytes: int = 1 << 30
+    ttl: float = 3600.0
+    max_bytes_per_tenant: int | None = None
+    clock: Callable[[], float] = time.time
+    stats: StoreStats = field(default_factory=StoreStats)
+
+    def __post_init__(self) -> None:
+        self._objects: OrderedDict[str, StoredEmbeds] = OrderedDict()  # LRU first
+        self._tenant_bytes: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    # ---- objects ------------------------------------------------------------------------
+
+    def put(self, tensor: torch.Tensor, tenant: str = "") -> StoredEmbeds:
+        """Store a validated ``[N, H]`` tensor; evicts expired, then least recently used
+        objects not in use, to make room. Raises :class:`EmbedsStoreFullError` when the bytes
+        it needs are held by objects in use (or it is larger than the store or the quota)."""
+        tensor = tensor.detach().contiguous()
+        size = int(tensor.nbytes)
+        digest = hashlib.sha256(tensor.view(-1).view(torch.uint8).numpy()).digest()
+        now = self.clock()
+        with self._lock:
+            self._purge_expired(now)
+            quota = self.max_bytes_per_tenant
+            if quota is not None:
+                self._make_room(size, quota, tenant)
+            self._make_room(size, self.max_bytes, None)
+            obj = StoredEmbeds(new_id(), tenant, tensor, digest, now, now, self.ttl)
+            self._objects[obj.id] = obj
+            self._tenant_bytes[tenant] = self._tenant_bytes.get(tenant, 0) + size
+            self.stats.uploads += 1
+            self._count()
+            return obj
+
+    def get(self, embeds_id: str, tenant: str = "", *, pin: bool = False) -> StoredEmbeds:
+        """The object, its last use refreshed (and pinned when ``pin``); raises
+        :class:`EmbedsNotFoundError` for a missing, expired, deleted or foreign id."""
+        now = self.clock()
+        with self._lock:
+            obj = self._objects.get(embeds_id)
+            if obj is None or obj.tenant != tenant or obj.is_deleted or obj.expires_at <= now:
+                self.stats.misses += 1
+                raise EmbedsNotFoundError(embeds_id)
+            obj.last_used = now
+            self._objects.move_to_end(embeds_id)
+            if pin:
+                obj.pins += 1
+            self.stats.hits += 1
+            return obj
+
+    def unpin(self, obj: StoredEmbeds) -> None:
+        """A request that held ``obj`` finished; a deleted object goes once no one holds it."""
+        with self._lock:
+            obj.pins -= 1
+            if obj.pins == 0 and obj.is_deleted:
+                self._drop(obj)
+                self._count()
+
+    def delete(self, embeds_id: str, tenant: str = "") -> None:
+        """Forget the object now (requests holding it finish with it)."""
+        with self._lock:
+            obj = self._objects.get(embeds_id)
+            if obj is None or obj.tenant != tenant or obj.is_deleted:
+                raise EmbedsNotFoundError(embeds_id)
+            obj.is_deleted = True
+            if obj.pins == 0:
+                self._drop(obj)
+            self._count()
+
+    def list(
+        self, tenant: str = "", *, limit: int = 20, after: str | None = None
+    ) -> tuple[list[StoredEmbeds], bool]:
+        """The tenant's live objects, newest first, after the one with id ``after``; and
+        whether more follow."""
+        now = self.clock()
+        with self._lock:
+            mine = [
+                o for o in self._objects.values()
+                if o.tenant == tenant and not o.is_deleted and o.expires_at > now
+            ]  # fmt: skip
+        mine.sort(key=lambda o: (o.created_at, o.id), reverse=True)
+        if after is not None:
+            ids = [o.id for o in mine]
+            mine = mine[ids.index(after) + 1 :] if after in ids else []
+        return mine[:limit], len(mine) > limit
+
+    def __len__(self) -> int:
+        return self.stats.objects
+
+    @property
+    def num_bytes(self) -> int:
+        return self.stats.bytes
+
+    # ---- room -----------------------------------------------------------------------------
+
+    def _make_room(self, size: int, budget: int, tenant: str | None) -> None:
+        """Evict ``tenant``'s (or anyone's, for None) least recently used objects not in use
+        until ``size`` more bytes fit in ``budget``."""
+
+        def used() -> int:
+            if tenant is None:
+                return sum(self._tenant_bytes.values())
+            return self._tenant_bytes.get(tenant, 0)
+
+        if size > budget:
+            raise EmbedsStoreFullError(
+                f"the object ({size} bytes) is larger than the store allows ({budget} bytes)"
+            )
+        for obj in list(self._objects.values()):
+            if used() + size <= budget:
+                return
+            if obj.pins == 0 and (tenant is None or obj.tenant == tenant):
+                self._drop(obj)
+                self.stats.evictions += 1
+        if used() + size > budget:
+            raise EmbedsStoreFullError(
+                f"no room for {size} more bytes: the store's objects are in use"
+            )
+
+    def _purge_expired(self, now: float) -> None:
+        for obj in list(self._objects.values()):
+            if obj.expires_at <= now and obj.pins == 0:
+                self._drop(obj)
+                self.stats.expirations += 1
+
+    def _drop(self, obj: StoredEmbeds) -> None:
+        if self._objects.pop(obj.id, None) is not None:
+            self._tenant_bytes[obj.tenant] -= obj.nbytes
+            if not self._tenant_bytes[obj.tenant]:
+                del self._tenant_bytes[obj.tenant]
+
+    def _count(self) -> None:
+        live = [o for o in self._objects.values() if not o.is_deleted]
+        self.stats.objects = len(live)
+        self.stats.bytes = sum(self._tenant_bytes.values())
+
+
+def new_id() -> str:
+    """``emb_`` and 128 random bits in base32 (26 characters, lower case)."""
+    return ID_PREFIX + base64.b32encode(secrets.token_bytes(16)).decode().rstrip("=").lower()
