@@ -233,3 +233,22 @@ def test_unknown_flags_are_only_passed_through_to_vllm() -> None:
     result = run_cli("serve", "demo", "--distributed-executor-backend", "ray")
     assert result.returncode == 2
     assert "unrecognized arguments: --distributed-executor-backend ray" in result.stderr
+
+
+def test_stored_embeds_are_resolved_in_pe_and_forwarded_as_tensors(
+    gateway: ServerProcess, upstream: FakeUpstream
+) -> None:
+    """Issue 21: vLLM has no store; pe resolves an id to its tensor before building what vLLM
+    gets, so the upstream sees the same body as for the inline tensor."""
+    rows = np.random.default_rng(3).standard_normal((3, HIDDEN)).astype(np.float32)
+    data = encode_prompt_embeds(rows, "safetensors")
+    stored = gateway.post("/v1/embeds", json={"data": str(data)})
+    assert stored.status_code == 201, stored.text
+    r = complete(gateway, prompt_embeds=[{"id": stored.json()["id"]}], max_tokens=2)
+    assert r.status_code == 200, r.text
+    by_id = forwarded_embeds(upstream.bodies[-1])
+    assert complete(gateway, prompt_embeds=str(data), max_tokens=2).status_code == 200
+    np.testing.assert_array_equal(by_id, forwarded_embeds(upstream.bodies[-1]))
+    np.testing.assert_array_equal(by_id, rows)
+    missing = complete(gateway, prompt_embeds=[str(data), {"id": "emb_gone"}], max_tokens=2)
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "prompt_embeds[1].id"
