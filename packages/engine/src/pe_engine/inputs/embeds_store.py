@@ -109,10 +109,7 @@ class EmbedsStore:
         now = self.clock()
         with self._lock:
             self._purge_expired(now)
-            quota = self.max_bytes_per_tenant
-            if quota is not None:
-                self._make_room(size, quota, tenant)
-            self._make_room(size, self.max_bytes, None)
+            self._make_room(size, tenant)
             obj = StoredEmbeds(new_id(), tenant, tensor, digest, now, now, self.ttl)
             self._objects[obj.id] = obj
             self._tenant_bytes[tenant] = self._tenant_bytes.get(tenant, 0) + size
@@ -126,9 +123,10 @@ class EmbedsStore:
         now = self.clock()
         with self._lock:
             obj = self._objects.get(embeds_id)
-            if obj is None or obj.tenant != tenant or obj.is_deleted or obj.expires_at <= now:
+            if not self._is_visible(obj, tenant, now):
                 self.stats.misses += 1
                 raise EmbedsNotFoundError(embeds_id)
+            assert obj is not None
             obj.last_used = now
             self._objects.move_to_end(embeds_id)
             if pin:
@@ -146,10 +144,12 @@ class EmbedsStore:
 
     def delete(self, embeds_id: str, tenant: str = "") -> None:
         """Forget the object now (requests holding it finish with it)."""
+        now = self.clock()
         with self._lock:
             obj = self._objects.get(embeds_id)
-            if obj is None or obj.tenant != tenant or obj.is_deleted:
-                raise EmbedsNotFoundError(embeds_id)
+            if not self._is_visible(obj, tenant, now):
+                raise EmbedsNotFoundError(embeds_id)  # an expired one too, as get says
+            assert obj is not None
             obj.is_deleted = True
             if obj.pins == 0:
                 self._drop(obj)
@@ -181,26 +181,49 @@ class EmbedsStore:
 
     # ---- room -----------------------------------------------------------------------------
 
-    def _make_room(self, size: int, budget: int, tenant: str | None) -> None:
-        """Evict ``tenant``'s (or anyone's, for None) least recently used objects not in use
-        until ``size`` more bytes fit in ``budget``."""
+    @staticmethod
+    def _is_visible(obj: StoredEmbeds | None, tenant: str, now: float) -> bool:
+        return (
+            obj is not None and obj.tenant == tenant and not obj.is_deleted and obj.expires_at > now
+        )
 
-        def used() -> int:
-            if tenant is None:
-                return sum(self._tenant_bytes.values())
-            return self._tenant_bytes.get(tenant, 0)
+    def _make_room(self, size: int, tenant: str) -> None:
+        """Evict least recently used objects not in use until ``size`` more bytes fit in the
+        tenant's quota (its own objects only) and in the store. All or nothing: an upload that
+        cannot fit costs no one their objects."""
+        victims: dict[str, StoredEmbeds] = {}
+        if self.max_bytes_per_tenant is not None:
+            self._plan_room(size, self.max_bytes_per_tenant, tenant, victims)
+        self._plan_room(size, self.max_bytes, None, victims)
+        for obj in victims.values():
+            self._drop(obj)
+            self.stats.evictions += 1
 
+    def _plan_room(
+        self, size: int, budget: int, tenant: str | None, victims: dict[str, StoredEmbeds]
+    ) -> None:
+        """Add ``tenant``'s (or anyone's, for None) least recently used objects not in use to
+        ``victims`` until ``size`` more bytes fit in ``budget``; raise when they cannot."""
         if size > budget:
             raise EmbedsStoreFullError(
                 f"the object ({size} bytes) is larger than the store allows ({budget} bytes)"
             )
-        for obj in list(self._objects.values()):
-            if used() + size <= budget:
+
+        def counts(obj: StoredEmbeds) -> bool:
+            return tenant is None or obj.tenant == tenant
+
+        if tenant is None:
+            used = sum(self._tenant_bytes.values())
+        else:
+            used = self._tenant_bytes.get(tenant, 0)
+        used -= sum(o.nbytes for o in victims.values() if counts(o))
+        for obj in self._objects.values():
+            if used + size <= budget:
                 return
-            if obj.pins == 0 and (tenant is None or obj.tenant == tenant):
-                self._drop(obj)
-                self.stats.evictions += 1
-        if used() + size > budget:
+            if obj.pins == 0 and counts(obj) and obj.id not in victims:
+                victims[obj.id] = obj
+                used -= obj.nbytes
+        if used + size > budget:
             raise EmbedsStoreFullError(
                 f"no room for {size} more bytes: the store's objects are in use"
             )
