@@ -20,19 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "maxLength": 24},
-        "city": {"type": "string", "maxLength": 24},
-        "role": {"type": "string", "enum": ["engineer", "doctor", "artist", "teacher", "other"]},
-        "active": {"type": "boolean"},
-        "age": {"type": "integer", "minimum": 0, "maximum": 120},
-        "tags": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 3},
-    },
-    "required": ["name", "city", "role", "active", "age", "tags"],
-    "additionalProperties": False,
-}
+from bench_structured import SCHEMA  # the schema whose per-step cost bench_structured measures
+
 PREFIX = '{"name":"Ada","city":"Lon'  # every matcher stands inside a string
 BATCH = 64
 OUT = Path(__file__).parent / "out" / "bench_grammar_engines.json"
