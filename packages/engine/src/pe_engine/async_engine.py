@@ -5,19 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import logging
 import queue
 import threading
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 
+from pe_common.protocol.validation import check_cache_salt
 from pe_engine.config import EngineConfig
 from pe_engine.core.llm_engine import EngineStepError, FaultInjector, LLMEngine
 from pe_engine.inputs.chat import ChatPromptBuilder
+from pe_engine.inputs.embeds_store import EmbedsLease, EmbedsStore, StoredEmbeds
 from pe_engine.models.kernel_threads import claim_kernel_threads
 from pe_engine.outputs import RequestOutput, merge_delta
 from pe_engine.prompt import Prompt
@@ -86,6 +89,9 @@ class AsyncEngine:
 
     ``fault_injector`` (tests): :attr:`LLMEngine.fault_injector`, called with ``(stage, step)``
     at each of ``llm_engine.FAULT_STAGES``; what it raises kills the engine at that stage.
+
+    ``embeds_store`` holds the embeddings stored by :meth:`create_embeds`, whose handles
+    ``generate`` takes as the offline ``LLM`` does (default: a 1 GiB store, one hour's TTL).
     """
 
     def __init__(
@@ -94,6 +100,7 @@ class AsyncEngine:
         *,
         fault_injector: FaultInjector | None = None,
         engine: LLMEngine | None = None,
+        embeds_store: EmbedsStore | None = None,
     ) -> None:
         self.config = config
         if engine is None:
@@ -107,6 +114,10 @@ class AsyncEngine:
         self.chat_builder = ChatPromptBuilder(
             self.tokenizer, enable_prompt_embeds=config.enable_prompt_embeds
         )
+        self.prompt_builder = dataclasses.replace(
+            self.engine.prompt_builder, tokenizer=self.tokenizer
+        )
+        self.embeds_store = EmbedsStore() if embeds_store is None else embeds_store
         self.hidden_size = self.engine.hidden_size
         self.max_model_len = self.engine.max_model_len
         self.vocab_size = self.engine.vocab_size
@@ -153,26 +164,33 @@ class AsyncEngine:
 
     # ---- the caller's side ------------------------------------------------------------------
 
+    def create_embeds(self, prompt_embeds: torch.Tensor) -> StoredEmbeds:
+        """Check and store ``prompt_embeds`` once, as :meth:`LLM.create_embeds
+        <pe_engine.llm.LLM.create_embeds>` does; ``generate`` takes the object returned, or
+        ``{"id": obj.id}``, as a prompt dict's ``prompt_embeds``."""
+        return self.embeds_store.put(self.prompt_builder.validate_embeds(prompt_embeds))
+
     async def generate(
-        self, prompt: Prompt, params: SamplingParams, request_id: str
+        self, prompt: Prompt | str | Mapping[str, Any], params: SamplingParams, request_id: str
     ) -> AsyncIterator[RequestOutput]:
         """The deltas of one request (``RequestOutputKind.DELTA``; a consumer that fell behind
         gets several steps merged into one); the last one has ``finished=True``.
 
-        Cancelling the consumer or closing the iterator aborts the request. A prompt not
-        checked yet (``is_checked``) is checked here, on the caller's side, so that the engine
-        thread never reads a whole prompt.
+        ``prompt``: a :class:`Prompt`, or any form the offline ``LLM.generate`` takes (a str,
+        a prompt dict, whose ``prompt_embeds`` may be a handle from :meth:`create_embeds`,
+        pinned until the request ends). Cancelling the consumer or closing the iterator aborts
+        the request. A prompt not checked yet (``is_checked``) is checked here, on the caller's
+        side, so that the engine thread never reads a whole prompt.
         """
         if self.errored is not None or self._stop:
             raise EngineDeadError("engine is not running") from self.errored
-        if not prompt.is_checked:
-            self.engine.prompt_builder.validate(prompt)
-        stream = _Stream(asyncio.get_running_loop())
-        with self._lock:
-            if request_id in self._streams:
-                raise ValueError(f"request id {request_id!r} is already running")
-            self._streams[request_id] = stream
-            self._ended.pop(request_id, None)
+        lease = EmbedsLease(self.embeds_store)
+        try:
+            prompt = self._build(prompt, lease)
+            stream = self._open_stream(request_id)
+        except BaseException:
+            lease.release()
+            raise
         self._submit("add", (request_id, prompt, params))
         finished = False
         try:
@@ -187,6 +205,7 @@ class AsyncEngine:
                 finished = item.finished
                 yield item
         finally:
+            lease.release()
             with self._lock:
                 self._streams.pop(request_id, None)
                 is_aborted, stream.is_aborted = stream.is_aborted, True
@@ -195,6 +214,27 @@ class AsyncEngine:
                     self._ended.popitem(last=False)
             if not finished and not is_aborted:
                 self._submit("abort", request_id)
+
+    def _build(self, prompt: Prompt | str | Mapping[str, Any], lease: EmbedsLease) -> Prompt:
+        if isinstance(prompt, Prompt):
+            return prompt if prompt.is_checked else self.prompt_builder.validate(prompt)
+        salt = prompt.get("cache_salt") if isinstance(prompt, Mapping) else None
+        if isinstance(prompt, Mapping) and self.config.enable_prompt_embeds:
+            prompt = lease.resolve_prompt(prompt)
+        built = self.prompt_builder.build(prompt)
+        if salt is not None:
+            check_cache_salt(salt)
+            built.cache_salt = salt
+        return built
+
+    def _open_stream(self, request_id: str) -> _Stream:
+        stream = _Stream(asyncio.get_running_loop())
+        with self._lock:
+            if request_id in self._streams:
+                raise ValueError(f"request id {request_id!r} is already running")
+            self._streams[request_id] = stream
+            self._ended.pop(request_id, None)
+        return stream
 
     def abort(self, request_id: str) -> None:
         """Abort a request (harmless for unknown or finished ids). Each request is aborted

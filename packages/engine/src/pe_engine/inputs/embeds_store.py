@@ -16,10 +16,13 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+
+from pe_common.errors import InvalidRequestError
 
 ID_PREFIX = "emb_"
 
@@ -249,3 +252,82 @@ class EmbedsStore:
 def new_id() -> str:
     """``emb_`` and 128 random bits in base32 (26 characters, lower case)."""
     return ID_PREFIX + base64.b32encode(secrets.token_bytes(16)).decode().rstrip("=").lower()
+
+
+# ---- handles (the offline ``LLM`` and ``AsyncEngine``) ---------------------------------------
+
+
+def handle_id(value: Any) -> str | None:
+    """The id a handle names (a :class:`StoredEmbeds`, or ``{"id": "emb_..."}``); None for a value
+    that is no handle (a tensor, a base64 string)."""
+    if isinstance(value, StoredEmbeds):
+        return value.id
+    if isinstance(value, Mapping) and "id" in value:
+        embeds_id = value["id"]
+        if not isinstance(embeds_id, str):
+            raise InvalidRequestError(
+                "A prompt embeds handle's `id` must be a string.",
+                code="invalid_embeds_id",
+                param="prompt_embeds",
+            )
+        return embeds_id
+    return None
+
+
+def embeds_not_found_error(embeds_id: str, param: str) -> InvalidRequestError:
+    shown = embeds_id if len(embeds_id) <= 64 else embeds_id[:64] + "..."
+    return InvalidRequestError(
+        f"No prompt embeds object with id `{shown}` (unknown, expired or deleted).",
+        code="embeds_not_found",
+        param=param,
+    )
+
+
+@dataclass
+class EmbedsLease:
+    """The stored objects one offline request names, pinned from the moment its prompt is built
+    until it finishes, as the server pins them. The prompt holds the tensor itself, so an evicted
+    object would still be read correctly; the pin keeps the store's byte count honest: an object
+    in use is not evicted to make room that its tensor still takes."""
+
+    store: EmbedsStore
+    tenant: str = ""
+    objects: list[StoredEmbeds] = field(default_factory=list)
+
+    def resolve(self, handle: Any, param: str = "prompt_embeds") -> StoredEmbeds:
+        """The live object ``handle`` names, pinned; :class:`InvalidRequestError` (code
+        ``embeds_not_found``, naming the id and ``param``) for a missing, expired, deleted or
+        other store's one."""
+        embeds_id = handle_id(handle)
+        if embeds_id is None:
+            raise TypeError(f"not a prompt embeds handle: {type(handle).__name__}")
+        try:
+            obj = self.store.get(embeds_id, self.tenant, pin=True)
+        except EmbedsNotFoundError:
+            raise embeds_not_found_error(embeds_id, param) from None
+        self.objects.append(obj)
+        return obj
+
+    def resolve_prompt(self, prompt: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``prompt`` with a handle under ``prompt_embeds`` replaced by its pinned object (which
+        :class:`~pe_engine.inputs.prompt_builder.PromptBuilder` takes as already checked)."""
+        handle = prompt.get("prompt_embeds")
+        if handle_id(handle) is None:
+            return prompt
+        return {**prompt, "prompt_embeds": self.resolve(handle)}
+
+    def resolve_part(self, part: Mapping[str, Any], param: str) -> dict[str, Any] | None:
+        """A ``prompt_embeds`` chat part that names a stored object (``"data": handle`` or pe's
+        ``"id": "emb_..."``) as the decoded part the chat builder takes; None for any other part."""
+        data = part.get("data")
+        handle = part if data is None else data
+        if handle_id(handle) is None:
+            return None
+        obj = self.resolve(handle, f"{param}.{'id' if data is None else 'data'}")
+        return {"type": "prompt_embeds", "data": obj.tensor}
+
+    def release(self) -> None:
+        """Unpin every object resolved so far (idempotent)."""
+        objects, self.objects = self.objects, []
+        for obj in objects:
+            self.store.unpin(obj)

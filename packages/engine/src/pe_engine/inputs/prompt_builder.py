@@ -10,6 +10,7 @@ import torch
 
 from pe_common.codec import EmbedsLimits, validate_prompt_embeds_tensor
 from pe_common.errors import InvalidRequestError, PEValidationError, PromptEmbedsError
+from pe_engine.inputs.embeds_store import StoredEmbeds
 from pe_engine.prompt import Prompt
 
 PLACEHOLDER_TOKEN_ID = 0
@@ -142,6 +143,10 @@ def check_prompt_length(num_tokens: int, max_model_len: int, *, param: str = "pr
 def _validate_embeds(
     t: Any, hidden_size: int, dtype: torch.dtype, limits: EmbedsLimits | None
 ) -> torch.Tensor:
+    if isinstance(t, StoredEmbeds):
+        # Validated when stored (LLM.create_embeds); width and dtype are checked again with the
+        # rest of the prompt (PromptBuilder.check_contents), the rows are not read again.
+        return t.tensor
     if not isinstance(t, torch.Tensor):
         raise PromptEmbedsError(
             "`prompt_embeds` must be a torch.Tensor.", code="unsupported_tensor_kind"
@@ -183,8 +188,10 @@ class PromptBuilder:
     def build(self, prompt: str | Mapping[str, Any] | Prompt) -> Prompt:
         """Accepts a str, ``{"prompt"}``, ``{"prompt_token_ids"}``, ``{"prompt_embeds"}``,
         mixed ``{"prompt_token_ids", "prompt_embeds", "is_token_ids" | "prompt_is_token_ids"}``
-        or a ready :class:`Prompt`. A prompt already checked (:meth:`check_contents`) is not
-        read again: only its length is checked (O(1))."""
+        or a ready :class:`Prompt`. ``prompt_embeds`` may be a stored object that the caller
+        resolved (:class:`~pe_engine.inputs.embeds_store.EmbedsLease`): its rows were checked
+        when stored and are used as they are. A prompt already checked (:meth:`check_contents`)
+        is not read again: only its length is checked (O(1))."""
         built = self._build(prompt)
         if built.is_checked:
             check_prompt_length(built.num_tokens, self.max_model_len, param=prompt_param(built))
@@ -242,6 +249,17 @@ class PromptBuilder:
             vocab_size=self.vocab_size,
             limits=self.limits,
         )
+
+    def validate_embeds(self, prompt_embeds: Any) -> torch.Tensor:
+        """An in-memory tensor checked and cast exactly as a ``{"prompt_embeds": tensor}`` prompt's
+        (rank, width, finite values, sparse densified, model dtype): an owned CPU copy."""
+        if not self.enable_prompt_embeds:
+            raise embeds_disabled_error()
+        if isinstance(prompt_embeds, StoredEmbeds):
+            raise PromptEmbedsError(
+                "`prompt_embeds` is already a stored object.", code="unsupported_tensor_kind"
+            )
+        return _validate_embeds(prompt_embeds, self.hidden_size, self.dtype, self.limits)
 
     def validate(self, prompt: Prompt) -> Prompt:
         """Every check a prompt must pass before it reaches the engine, whatever built it;
