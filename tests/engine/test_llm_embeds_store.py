@@ -156,3 +156,33 @@ def test_async_engine_takes_handles_and_pins_them_while_the_request_runs(
         engine.shutdown()
     assert token_ids == expected
     assert set(pins_seen) == {1}
+
+
+def test_a_stored_objects_rows_are_hashed_once_and_hit_blocks_cached_inline(
+    llm: LLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The prefix cache keys each embeds row by a digest; a stored object's are made at upload,
+    so later prompts built from it hash nothing, and they equal the inline rows' keys, so
+    blocks cached by an inline request are hit by the same rows sent by id (and back)."""
+    import pe_engine.core.sequence as sequence_module
+    from pe_engine.core.row_keys import row_keys
+
+    part = rows(llm, 40, seed=11)
+    inline = llm.generate({"prompt_embeds": part}, greedy(), use_tqdm=False)[0]
+    stored = llm.create_embeds(part)
+    calls: list[int] = []
+
+    def counted(rows_: torch.Tensor) -> bytes:
+        calls.append(int(rows_.shape[0]))
+        return row_keys(rows_)
+
+    monkeypatch.setattr(sequence_module, "row_keys", counted)
+    hits = llm.engine.block_manager.prefix_cache_hits
+    by_handle = llm.generate({"prompt_embeds": stored}, greedy(), use_tqdm=False)[0]
+    assert calls == []  # no row hashed again
+    assert llm.engine.block_manager.prefix_cache_hits - hits >= 32  # the inline run's blocks
+    assert by_handle.outputs[0].token_ids == inline.outputs[0].token_ids
+    chat = [{"role": "user", "content": [{"type": "text", "text": "Read"},
+                                          {"type": "prompt_embeds", "data": stored}]}]  # fmt: skip
+    llm.chat(chat, greedy(), use_tqdm=False)
+    assert calls == []  # the chat prompt carries the stored rows' keys too

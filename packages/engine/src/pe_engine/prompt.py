@@ -29,6 +29,9 @@ class Prompt:
     text: str | None = None
     cache_salt: str | None = None
     is_checked: bool = field(default=False, compare=False, repr=False)
+    # The prefix cache's key of each embeds row (16 bytes each), when known in advance (rows of
+    # a stored object); None: hashed from the rows when needed.
+    embeds_row_keys: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def num_tokens(self) -> int:

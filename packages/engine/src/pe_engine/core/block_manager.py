@@ -7,8 +7,6 @@ from array import array
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-import torch
-
 if TYPE_CHECKING:
     from pe_engine.core.sequence import Sequence
 
@@ -119,11 +117,11 @@ class BlockManager:
     def _embeds_digest(self, seq: Sequence, start: int) -> bytes | None:
         if seq.prompt_embeds is None or start >= seq.num_prompt_tokens:
             return None
-        offsets, rows = seq.embeds_in_range(start, start + self.block_size)
-        if rows is None:
+        offsets, keys = seq.embeds_keys_in_range(start, start + self.block_size)
+        if keys is None:
             return None
         h = hashlib.sha256(array("q", offsets).tobytes())
-        h.update(rows.contiguous().view(-1).view(torch.uint8).numpy())
+        h.update(keys)  # a digest per row: a stored object's are made once, at upload
         return h.digest()
 
     def cache_full_blocks(self, seq: Sequence) -> None:

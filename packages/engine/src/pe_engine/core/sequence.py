@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from pe_engine.core.row_keys import ROW_KEY_BYTES, row_keys
+
 if TYPE_CHECKING:
     from pe_engine.prompt import Prompt
     from pe_engine.sampling_params import SamplingParams
@@ -49,6 +51,7 @@ class Sequence:
         is_token_ids: list[bool] | None = None,
         seed: int | None = None,
         cache_salt: str | None = None,
+        embeds_row_keys: bytes | None = None,
     ) -> None:
         self.seq_id = next(_seq_ids)
         self.request_id = request_id
@@ -64,6 +67,7 @@ class Sequence:
         self.seed = seed  # this branch's own noise stream; None: the engine-wide stream
         self._generator: torch.Generator | None = None
         self.cache_salt = cache_salt  # every branch and every recompute keeps the prompt's salt
+        self.embeds_row_keys = embeds_row_keys  # the prefix cache's row keys, when known
         # This branch's constraint: advanced on each appended token, kept across preemption
         # (a recompute re-reads the tokens, it does not re-sample them).
         self.grammar: GrammarMatcher | None = None
@@ -87,6 +91,7 @@ class Sequence:
             is_token_ids=prompt.is_token_ids,
             seed=seed,
             cache_salt=prompt.cache_salt,
+            embeds_row_keys=prompt.embeds_row_keys,
         )
 
     @property
@@ -136,6 +141,17 @@ class Sequence:
         mask = self.is_token_ids
         offsets = [p - start for p in range(start, end) if not mask[p]]
         return offsets, self.prompt_embeds[first:last]
+
+    def embeds_keys_in_range(self, start: int, end: int) -> tuple[list[int], bytes | None]:
+        """Embed positions in [start, end) as offsets from ``start``, and their rows' prefix-
+        cache keys (16 bytes each): the prompt's, or hashed from the rows now."""
+        offsets, rows = self.embeds_in_range(start, end)
+        if rows is None:
+            return offsets, None
+        if self.embeds_row_keys is None:
+            return offsets, row_keys(rows)
+        first = self._num_embeds_before[start] * ROW_KEY_BYTES
+        return offsets, self.embeds_row_keys[first : first + len(offsets) * ROW_KEY_BYTES]
 
     def __repr__(self) -> str:
         return (

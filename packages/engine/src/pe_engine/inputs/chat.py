@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 
 from pe_common.errors import InvalidRequestError, PEValidationError
+from pe_engine.core.row_keys import prompt_row_keys
 from pe_engine.inputs.chat_render import (
     PROMPT_EMBEDS_TOKEN,
     RENDERER_ARGS,
@@ -215,7 +216,11 @@ class ChatPromptBuilder:
         is_token_ids += [True] * (len(ids) - start)
         embeds = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
         return Prompt(
-            token_ids=token_ids, prompt_embeds=embeds, is_token_ids=is_token_ids, text=text
+            token_ids=token_ids,
+            prompt_embeds=embeds,
+            is_token_ids=is_token_ids,
+            text=text,
+            embeds_row_keys=prompt_row_keys(tensors),
         )
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from pe_common.errors import InvalidRequestError
+from pe_engine.core.row_keys import remember_row_keys, row_keys
 
 ID_PREFIX = "emb_"
 
@@ -46,7 +47,7 @@ class StoredEmbeds:
     id: str
     tenant: str
     tensor: torch.Tensor
-    digest: bytes  # SHA-256 of the rows' bytes
+    digest: bytes  # SHA-256 of the rows' keys (see row_keys): the content's identity
     created_at: float
     last_used: float
     ttl: float
@@ -108,12 +109,14 @@ class EmbedsStore:
         it needs are held by objects in use (or it is larger than the store or the quota)."""
         tensor = tensor.detach().contiguous()
         size = int(tensor.nbytes)
-        digest = hashlib.sha256(tensor.view(-1).view(torch.uint8).numpy()).digest()
+        keys = row_keys(tensor)  # the prefix cache's per-row digests, made once here
+        digest = hashlib.sha256(keys).digest()
         now = self.clock()
         with self._lock:
             self._purge_expired(now)
             self._make_room(size, tenant)
             obj = StoredEmbeds(new_id(), tenant, tensor, digest, now, now, self.ttl)
+            remember_row_keys(tensor, keys)
             self._objects[obj.id] = obj
             self._tenant_bytes[tenant] = self._tenant_bytes.get(tenant, 0) + size
             self.stats.uploads += 1

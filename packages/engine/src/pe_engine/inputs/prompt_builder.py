@@ -10,6 +10,7 @@ import torch
 
 from pe_common.codec import EmbedsLimits, validate_prompt_embeds_tensor
 from pe_common.errors import InvalidRequestError, PEValidationError, PromptEmbedsError
+from pe_engine.core.row_keys import known_row_keys
 from pe_engine.inputs.embeds_store import StoredEmbeds
 from pe_engine.prompt import Prompt
 
@@ -53,6 +54,7 @@ def build_embeds_prompt(
         prompt_embeds=prompt_embeds,
         is_token_ids=[False] * num_rows,
         text=None,
+        embeds_row_keys=known_row_keys(prompt_embeds),
     )
 
 
