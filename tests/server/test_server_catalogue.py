@@ -66,6 +66,16 @@ pe's rows for request constraints (issue 20):
   56  Invalid, doubled or oversized constraints (bad JSON schema / regex / grammar, two
       sources, over 64 KiB, NUL bytes, structural_tag): 400 naming the field
       (test_server_structured.py; tools: test_server_tools.py).
+pe's rows for stored embeddings (issue 21):
+  57  Every hostile codec payload above sent to POST /v1/embeds (bad base64, pickle with a
+      reduce, sparse and safetensors bombs, wrong width, NaN, size mismatches): the same 400s
+      with param "data", nothing stored, the server still serving (test_server_embeds_store.py).
+  58  Probing another tenant's objects by id (GET, DELETE, or a reference in a request): the 404
+      of an unknown id, same message; ids are 128 random bits, never a content hash
+      (test_server_embeds_store.py).
+  59  Filling the store: an upload that cannot fit while objects are in use is a 429
+      (embeds_store_full) that evicts nothing; one over the store or the key's quota a 413; an
+      object a running request holds is never evicted (test_server_embeds_store.py).
 """
 
 from __future__ import annotations
