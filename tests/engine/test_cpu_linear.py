@@ -11,7 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from pe_engine import LLM, SamplingParams
-from pe_engine.models.cpu_linear import PackedLinear, onednn_linear_works, pack_linears
+from pe_engine.models.cpu_linear import (
+    PackedLinear,
+    native_bf16,
+    onednn_linear_works,
+    pack_linears,
+)
 
 pytestmark = [
     pytest.mark.usefixtures("torch_single_thread"),
@@ -33,14 +38,25 @@ def test_packed_linear_matches_f_linear(shape: tuple[int, ...], bias: bool) -> N
 
 def test_pack_linears_replaces_every_float32_linear() -> None:
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Sequential(nn.Linear(16, 4, bias=False)))
-    half = nn.Linear(8, 8).to(torch.bfloat16)
+    half = nn.Linear(8, 8).to(torch.float16)
     model.append(half)
     x = torch.randn(3, 8)
     expected = model[:3](x)
     assert pack_linears(model) == 2
     assert isinstance(model[0], PackedLinear) and isinstance(model[2][0], PackedLinear)
-    assert model[3] is half  # other dtypes keep F.linear
+    assert model[3] is half  # float16 keeps F.linear
     torch.testing.assert_close(model[:3](x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_bfloat16_linears_are_packed_too_and_agree_with_f_linear() -> None:
+    """Issue 22: bfloat16 linears go through oneDNN's packed layout (where the runner packs
+    them: CPUs with native bfloat16); products equal F.linear's to bfloat16 precision."""
+    layer = nn.Linear(64, 96).to(torch.bfloat16)
+    x = torch.randn(7, 64).to(torch.bfloat16)
+    expected = layer(x).float()
+    model = nn.Sequential(layer)
+    assert pack_linears(model) == 1 and isinstance(model[0], PackedLinear)
+    torch.testing.assert_close(model(x).float(), expected, atol=3e-2, rtol=3e-2)
 
 
 @pytest.mark.parametrize("model_fixture", ["tiny_llama_dir", "tiny_llama_tied_dir"])
@@ -75,3 +91,25 @@ def test_row_counts_round_up_to_few_shapes() -> None:
     assert [padded_rows(n) for n in (33, 257, 1025, 2048)] == [48, 320, 1152, 2048]
     assert len({padded_rows(n) for n in range(1, 2049)}) <= 40
     assert all(n <= padded_rows(n) <= n * 5 // 4 for n in range(257, 4097))
+
+
+@pytest.mark.skipif(not native_bf16(), reason="no native bfloat16 on this CPU: F.linear is kept")
+def test_a_bfloat16_model_packs_its_linears_where_the_cpu_has_native_bfloat16(
+    tiny_llama_dir: Path,
+) -> None:
+    """The packed bfloat16 path gives the first token's log-probabilities of the F.linear one
+    to bfloat16 precision (token for token equality is not promised: rounding differs)."""
+    first = {}
+    params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=3)
+    for choice in ("torch", "onednn"):
+        llm = LLM(
+            str(tiny_llama_dir), dtype="bfloat16", device="cpu", max_model_len=128,
+            num_kv_blocks=32, block_size=8, cpu_linear=choice,
+        )  # fmt: skip
+        linears = [m for m in llm.engine.runner.model.modules() if isinstance(m, PackedLinear)]
+        assert bool(linears) == (choice == "onednn")
+        out = llm.generate({"prompt_token_ids": [17, 905, 33, 4021]}, params, use_tqdm=False)
+        first[choice] = out[0].outputs[0].logprobs[0]
+    for token_id, lp in first["torch"].items():
+        if token_id in first["onednn"]:
+            assert first["onednn"][token_id].logprob == pytest.approx(lp.logprob, abs=0.15)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 log = logging.getLogger("pe_engine")
+PACKED_DTYPES = (torch.float32, torch.bfloat16)
 
 
 class PackedLinear(nn.Module):
@@ -57,28 +58,40 @@ def padded_rows(num_rows: int) -> int:
 
 
 @cache
-def onednn_linear_works() -> bool:
-    """oneDNN is built in, its linear ops exist, and they agree with ``F.linear`` here."""
+def onednn_linear_works(dtype: torch.dtype = torch.float32) -> bool:
+    """oneDNN is built in, its linear ops exist, and they agree with ``F.linear`` here; for
+    bfloat16 also only where the CPU computes it natively (AVX512-BF16 or AMX): elsewhere
+    oneDNN emulates it and a bfloat16 model keeps ``F.linear``."""
     if not torch.backends.mkldnn.is_available():
+        return False
+    if dtype == torch.bfloat16 and not native_bf16():
         return False
     try:
         gen = torch.Generator().manual_seed(0)
-        x = torch.randn(5, 64, generator=gen)
-        w = torch.randn(48, 64, generator=gen)
-        b = torch.randn(48, generator=gen)
-        return torch.allclose(PackedLinear(w, b)(x), F.linear(x, w, b), atol=1e-4, rtol=1e-4)
+        x = torch.randn(5, 64, generator=gen).to(dtype)
+        w = torch.randn(48, 64, generator=gen).to(dtype)
+        b = torch.randn(48, generator=gen).to(dtype)
+        tol = 1e-4 if dtype == torch.float32 else 5e-2
+        packed, plain = PackedLinear(w, b)(x).float(), F.linear(x, w, b).float()
+        return torch.allclose(packed, plain, atol=tol, rtol=tol)
     except (AttributeError, RuntimeError) as exc:
-        log.info("oneDNN linear unavailable (%s); using F.linear", exc)
+        log.info("oneDNN %s linear unavailable (%s); using F.linear", dtype, exc)
         return False
 
 
+def native_bf16() -> bool:
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
 def pack_linears(model: nn.Module) -> int:
-    """Replace every float32 ``nn.Linear`` below ``model`` by a :class:`PackedLinear`; returns
-    how many. The originals' weights are dropped with them."""
+    """Replace every float32 or bfloat16 ``nn.Linear`` below ``model`` by a
+    :class:`PackedLinear`; returns how many. The originals' weights are dropped with them."""
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear) and child.weight.dtype == torch.float32:
+            if isinstance(child, nn.Linear) and child.weight.dtype in PACKED_DTYPES:
                 setattr(parent, name, PackedLinear(child.weight, child.bias))
                 replaced += 1
     return replaced

@@ -96,14 +96,20 @@ class ModelRunner:
     # ---- loading ------------------------------------------------------------------------------
 
     def _pack_cpu_linears(self) -> None:
-        """CPU float32: every linear (and a tied model's output head, as a packed copy of the
-        embedding table) through oneDNN, unless ``cpu_linear="torch"``."""
-        choice = self.config.cpu_linear
-        if self.device.type != "cpu" or self.dtype != torch.float32 or choice == "torch":
-            return
-        from pe_engine.models.cpu_linear import PackedLinear, onednn_linear_works, pack_linears
+        """CPU float32 (and bfloat16 where the CPU has native bfloat16): every linear (and a
+        tied model's output head, as a packed copy of the embedding table) through oneDNN,
+        unless ``cpu_linear="torch"``."""
+        from pe_engine.models.cpu_linear import (
+            PACKED_DTYPES,
+            PackedLinear,
+            onednn_linear_works,
+            pack_linears,
+        )
 
-        if not onednn_linear_works():
+        choice = self.config.cpu_linear
+        if self.device.type != "cpu" or self.dtype not in PACKED_DTYPES or choice == "torch":
+            return
+        if not onednn_linear_works(self.dtype):
             if choice == "onednn":
                 raise ValueError("cpu_linear='onednn' but this torch build has no oneDNN linear")
             return
