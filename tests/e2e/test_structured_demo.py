@@ -90,7 +90,9 @@ def ask_summary(client: openai.OpenAI, document: Any) -> Any:
             "content": [{"type": "text", "text": "Summarise this document as JSON:"}, document],
         }
     ]
-    return client.chat.completions.parse(
+    parse = getattr(client.chat.completions, "parse", None)  # under beta in older openai releases
+    parse = parse if parse is not None else client.beta.chat.completions.parse
+    return parse(
         model=MODEL,
         messages=messages,  # type: ignore[arg-type]  # an embeds part is pe's addition
         response_format=DocumentSummary,
