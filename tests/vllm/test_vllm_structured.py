@@ -223,11 +223,14 @@ def test_server_json_options_reach_vllm_engine_config() -> None:
 
 @pytest.mark.vllm
 @requires_vllm
-def test_vllm_parses_the_forwarded_structured_outputs_config() -> None:
+def test_vllm_parses_the_forwarded_structured_outputs_config(vllm_tiny_dir: Path) -> None:
+    """A real model folder: vLLM's argument parsing looks the model up (a made-up path is a
+    Hugging Face repo id to it)."""
     from pe_server.backends.vllm_backend import build_engine_args
 
     cfg = vllm_config({"disable_any_whitespace": True, "disable_additional_properties": True})
-    parsed = build_engine_args(engine_argv(cfg, "/models/m")).structured_outputs_config
+    argv = engine_argv(cfg, str(vllm_tiny_dir))
+    parsed = build_engine_args(argv).structured_outputs_config
     assert parsed.backend == "guidance"
     assert parsed.disable_any_whitespace and parsed.disable_additional_properties
 
