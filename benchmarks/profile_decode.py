@@ -102,12 +102,13 @@ class _Timed:
             self._timer.step[self._stage] += time.perf_counter() - start
 
 
-def run_generation(llm: Any, timer: StageTimer, max_tokens: int) -> None:
+def run_generation(llm: Any, timer: StageTimer, max_tokens: int, batch: int = 1) -> None:
     from pe_engine import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
     engine = llm.engine
-    engine.add_request(f"r{time.monotonic_ns()}", PROMPT, params)
+    for i in range(batch):
+        engine.add_request(f"r{time.monotonic_ns()}-{i}", f"{PROMPT} {i}", params)
     first = True
     while engine.has_unfinished_requests():
         start = time.perf_counter()
@@ -169,6 +170,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--batch", type=int, default=1, help="requests decoded together")
     parser.add_argument(
         "--cpu-linear", default="auto", choices=("auto", "onednn", "torch"),
         help="the engine's CPU linear path (torch: F.linear, as bfloat16 ran before issue 22)",
@@ -186,18 +188,18 @@ def main() -> None:
     run_generation(llm, StageTimer(), 8)  # warm-up
     instrument(llm, timer)
     for _ in range(args.repeats):
-        run_generation(llm, timer, args.max_tokens)
+        run_generation(llm, timer, args.max_tokens, args.batch)
     stages = sorted({k for s in timer.steps for k in s}, key=lambda k: (k == "total", k))
     medians = {k: statistics.median(s.get(k, 0.0) for s in timer.steps) * 1e3 for k in stages}
     bandwidth = read_bandwidth_gbs()
     weights_ms = weight_bytes / (bandwidth * 1e9) * 1e3  # a step reads them once
     forward = profile_forward(llm)
-    print(f"decode step, batch 1, {args.dtype}, {len(timer.steps)} steps; medians (ms):")
+    print(f"decode step, batch {args.batch}, {args.dtype}, {len(timer.steps)} steps; medians (ms):")
     for stage in stages:
         share = medians[stage] / medians["total"] * 100
         print(f"  {stage:<12} {medians[stage]:8.2f}  {share:5.1f}%")
     print(
-        f"  tokens/s {1e3 / medians['total']:.1f}; weights {weight_bytes / 2**20:.0f} MiB, "
+        f"  tokens/s {args.batch * 1e3 / medians['total']:.1f}; weights {weight_bytes / 2**20:.0f} MiB, "
         f"read bandwidth {bandwidth:.1f} GB/s: reading them once takes {weights_ms:.1f} ms"
     )
     print(f"forward: {forward['aten_ops_dispatched']} aten ops per step; top by self time:")
