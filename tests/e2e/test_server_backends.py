@@ -78,3 +78,29 @@ def test_logprobs_agree(backend_server: ServerProcess, table: Any) -> None:
     assert len(values) == 10
     record(backend_server, "logprob_tokens", tokens)
     record(backend_server, "logprobs", values, close=True)
+
+
+def test_constraints_are_applied_or_refused_never_dropped(backend_server: ServerProcess) -> None:
+    """Issue 20: the native backend applies a constraint; the transformers reference backend
+    refuses it with a 400 naming the field (a required tool call is a constraint too)."""
+    is_reference = "transformers" in backend_server.proc.args
+    body = {"model": MODEL, "prompt": TEXT, "max_tokens": 4, "temperature": 0.0}
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    for fields, param in (
+        ({"structured_outputs": {"choice": ["yes", "no"]}}, "structured_outputs.choice"),
+        ({"guided_regex": "[ab]{2}"}, "guided_regex"),
+    ):
+        r = backend_server.post("/v1/completions", json={**body, **fields})
+        if is_reference:
+            assert r.status_code == 400, r.text
+            error = r.json()["error"]
+            assert error["code"] == "unsupported_parameter" and error["param"] == param
+        else:
+            assert r.status_code == 200, r.text
+    chat_body = {"model": MODEL, "messages": [{"role": "user", "content": TEXT}],
+                 "tools": [tool], "tool_choice": "required", "max_tokens": 8}  # fmt: skip
+    r = backend_server.post("/v1/chat/completions", json=chat_body)
+    if is_reference:
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tools", r.text
+    else:
+        assert r.status_code == 200, r.text

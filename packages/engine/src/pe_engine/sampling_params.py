@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +56,7 @@ class StructuredOutputsParams:
     def kind(self) -> str:
         return next(kind for kind in _KINDS if getattr(self, kind) not in (None, False))
 
-    @property
+    @functools.cached_property
     def spec_text(self) -> str:
         """The constraint as canonical text: a schema re-serialised without spaces, its keys
         in the order given (the order of ``properties`` is the order the output follows)."""

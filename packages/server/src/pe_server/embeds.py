@@ -8,7 +8,7 @@ the request's handler returns, streaming included (the admission middleware rele
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -58,21 +58,19 @@ def embeds_not_found(embeds_id: str, param: str) -> APIError:
 def put_embeds(request: web.Request, tensor: torch.Tensor) -> StoredEmbeds:
     """Store ``tensor`` for the request's tenant; 413 when it can never fit, 429 while the
     room it needs is held by objects in use."""
-    from pe_engine.inputs.embeds_store import EmbedsStoreFullError
+    from pe_engine.inputs.embeds_store import EmbedsStoreFullError, EmbedsTooLargeError
 
     state = request.app[STATE]
-    store = state.embeds_store
-    limit = min(store.max_bytes, store.max_bytes_per_tenant or store.max_bytes)
-    if tensor.nbytes > limit:
+    try:
+        return state.embeds_store.put(tensor, store_tenant(request))
+    except EmbedsTooLargeError as exc:
         raise APIError(
             413,
-            f"The tensor ({tensor.nbytes} bytes) is larger than the embeds store allows "
-            f"({limit} bytes).",
+            f"The tensor ({exc.size} bytes) is larger than the embeds store allows "
+            f"({exc.limit} bytes).",
             code="too_large",
             param="data",
-        )
-    try:
-        return store.put(tensor, store_tenant(request))
+        ) from None
     except EmbedsStoreFullError:
         raise APIError._retry_later(
             429,
@@ -103,7 +101,3 @@ def release_pins(request: web.Request) -> None:
     store = request.app[STATE].embeds_store
     for obj in request.get(EMBEDS_PINS, ()):
         store.unpin(obj)
-
-
-def is_ref(payload: Any) -> bool:
-    return isinstance(payload, EmbedsRef)

@@ -40,6 +40,15 @@ class EmbedsStoreFullError(RuntimeError):
     """The object does not fit: the bytes it needs are held by objects in use."""
 
 
+class EmbedsTooLargeError(EmbedsStoreFullError):
+    """The object is larger than the store, or than the tenant's quota: it can never fit."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"{size} bytes, where the store allows {limit} bytes per object")
+        self.size = size
+        self.limit = limit
+
+
 @dataclass(eq=False)
 class StoredEmbeds:
     """One stored tensor ``[num_tokens, hidden_size]`` and its bookkeeping."""
@@ -109,6 +118,9 @@ class EmbedsStore:
         it needs are held by objects in use (or it is larger than the store or the quota)."""
         tensor = tensor.detach().contiguous()
         size = int(tensor.nbytes)
+        limit = min(self.max_bytes, self.max_bytes_per_tenant or self.max_bytes)
+        if size > limit:  # before any hashing or locking
+            raise EmbedsTooLargeError(size, limit)
         keys = row_keys(tensor)  # the prefix cache's per-row digests, made once here
         digest = hashlib.sha256(keys).digest()
         now = self.clock()
@@ -209,11 +221,8 @@ class EmbedsStore:
         self, size: int, budget: int, tenant: str | None, victims: dict[str, StoredEmbeds]
     ) -> None:
         """Add ``tenant``'s (or anyone's, for None) least recently used objects not in use to
-        ``victims`` until ``size`` more bytes fit in ``budget``; raise when they cannot."""
-        if size > budget:
-            raise EmbedsStoreFullError(
-                f"the object ({size} bytes) is larger than the store allows ({budget} bytes)"
-            )
+        ``victims`` until ``size`` more bytes fit in ``budget`` (``put`` refused objects over
+        it); raise when they cannot."""
 
         def counts(obj: StoredEmbeds) -> bool:
             return tenant is None or obj.tenant == tenant
