@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pe_common.errors import InvalidRequestError
@@ -196,6 +196,9 @@ def test_fuzz_structures_only_raise_invalid_request(
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=64), st.sampled_from(DECODERS), st.sampled_from(["json", "msgpack"]))
+# found by CI: msgpack maps keyed by an ext / an array are unhashable for the untyped decoder
+@example(b"\xde\x00\x01\xd4\x00\x00\x00", decode_completion_request, "msgpack")
+@example(b"\x81\x91\x01\x01", decode_chat_request, "msgpack")
 def test_fuzz_bytes_only_raise_invalid_request(
     raw: bytes, decode: Callable[..., Any], kind: str
 ) -> None:

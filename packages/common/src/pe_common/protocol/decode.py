@@ -84,8 +84,10 @@ class _BodyDecoder(Generic[T]):
         raise the strict error when the body has none; paid only by refused bodies."""
         try:
             raw = msgspec.json.decode(body) if kind == "json" else msgspec.msgpack.decode(body)
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-            raw = None  # the strict decoder parsed it; never expected
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError, TypeError):
+            # TypeError: a msgpack map keyed by an ext or an array, which the typed decoder
+            # refused as a type error but the untyped one cannot build (unhashable key)
+            raw = None
         if not isinstance(raw, dict) or not self.lax_fields.coerce(raw):
             raise _validation_error(strict_error, kind)
         try:
