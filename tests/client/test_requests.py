@@ -18,9 +18,11 @@ from pe_client.params import ChatCompletionParams, CompletionParams
 from pe_client.resources import (
     AsyncChatCompletions,
     AsyncCompletions,
+    AsyncEmbeds,
     AsyncModels,
     ChatCompletions,
     Completions,
+    Embeds,
     Models,
 )
 from pe_common.codec import decode_prompt_embeds_numpy
@@ -298,6 +300,8 @@ async def test_async_models_list(fake_server: FakeServer) -> None:
         (Completions.create, AsyncCompletions.create),
         (ChatCompletions.create, AsyncChatCompletions.create),
         (Models.list, AsyncModels.list),
+        (Embeds.create, AsyncEmbeds.create),
+        (Embeds.delete, AsyncEmbeds.delete),
     ],
 )
 def test_async_methods_are_coroutine_functions_with_the_sync_parameters(

@@ -3,13 +3,15 @@
 A resource family (``client.completions``, ...) is written once, generic in what its methods
 return: the sync resource binds those types to the results, the async one to coroutines of them
 (the async client's ``request`` is a coroutine function) and wraps each method with
-:func:`coroutine_method` so that callers still see an ``async def``.
+:func:`coroutine_method` so that callers still see an ``async def``. A method that acts on the
+answer does so through :func:`then`, which works on either.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import inspect
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
@@ -57,6 +59,18 @@ class APIResource(Generic[ResponseT, StreamT]):
             assert endpoint.chunk_type is not None, f"{endpoint.path} does not stream"
             return cast(StreamT, self._client.request_stream(options, endpoint.chunk_type))
         return cast(ResponseT, self._client.request(options, endpoint.response_type))
+
+
+def then(result: Any, after: Callable[[Any], Any]) -> Any:
+    """``after`` applied to a call's answer: at once to the sync client's answer, when awaited
+    to the async client's pending one (so one method body serves both)."""
+    if inspect.isawaitable(result):
+        return _awaited(result, after)
+    return after(result)
+
+
+async def _awaited(pending: Awaitable[Any], after: Callable[[Any], Any]) -> Any:
+    return after(await pending)
 
 
 def coroutine_method(method: MethodT) -> MethodT:

@@ -16,7 +16,7 @@ from typing_extensions import Never
 from pe_client._base import NOT_GIVEN, BodyBuilder, NotGiven, RequestOptions, TimeoutTypes
 from pe_client.embeds_object import EmbedsObject, EmbedsSource, is_reference
 from pe_client.params import RequestExtras
-from pe_client.resources._resource import APIResource, Endpoint, coroutine_method
+from pe_client.resources._resource import APIResource, Endpoint, coroutine_method, then
 from pe_client.tensors import EmbedsFormat, check_format, encode_embeds
 from pe_common.protocol.embeds import EmbedsDeleted, EmbedsList
 
@@ -52,13 +52,6 @@ def reupload_options(obj: EmbedsObject, failed: RequestOptions) -> RequestOption
     )
 
 
-def kept(obj: EmbedsObject, source: EmbedsSource, reupload: bool) -> EmbedsObject:
-    """``obj``, keeping ``source`` for re-uploads when asked."""
-    if reupload:
-        obj.keep_source(source)
-    return obj
-
-
 def _object_endpoint(method: str, embeds_id: str, response_type: type[Any]) -> Endpoint:
     if not isinstance(embeds_id, str) or not embeds_id:
         raise ValueError(f"an embeds id must be a non-empty str, got {embeds_id!r}")
@@ -72,17 +65,39 @@ def _list_endpoint(limit: int | None, after: str | None) -> Endpoint:
 
 
 class BaseEmbeds(APIResource[Any, Never], Generic[ObjectT, ListT, DeletedT]):
-    """``client.embeds`` for either client: what both share (retrieve, list, delete and the
-    upload's request); ``create`` is the shells' own, since it acts on the answer."""
+    """``client.embeds`` for either client, generic in what its methods return."""
 
-    def _upload(
+    def create(
         self,
         embeds: object,
-        format: EmbedsFormat | None,
-        extras: RequestExtras,
-    ) -> tuple[EmbedsSource, Any]:
+        *,
+        format: EmbedsFormat | None = None,
+        reupload: bool = False,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_body: Mapping[str, object] | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+    ) -> ObjectT:
+        """``POST /embeds``: upload one ``(num_tokens, hidden_size)`` tensor, get its handle.
+
+        Args:
+            embeds: a numpy array, torch.Tensor, :class:`~pe_client.RawTensor` or an
+                already-encoded payload, as for ``prompt_embeds``.
+            format: the encoding (default: the client's ``embeds_format``).
+            reupload: keep the tensor client-side; when a request referencing the object gets
+                a 404 ``embeds_not_found`` (a restarted or different server), upload it again
+                (the object's ``id`` changes in place) and retry that request once.
+            extra_headers / extra_body / timeout: per-request additions and overrides.
+        """
         source = EmbedsSource(embeds, check_format(format or self._client.embeds_format))
-        return source, self._call(EMBEDS, extras, upload_body(source))
+        extras = RequestExtras(extra_headers=extra_headers, extra_body=extra_body, timeout=timeout)
+        answer = self._call(EMBEDS, extras, upload_body(source))
+
+        def kept(obj: EmbedsObject) -> EmbedsObject:
+            if reupload:
+                obj.keep_source(source)
+            return obj
+
+        return cast(ObjectT, then(answer, kept))
 
     def retrieve(
         self,
@@ -124,31 +139,6 @@ class BaseEmbeds(APIResource[Any, Never], Generic[ObjectT, ListT, DeletedT]):
 class Embeds(BaseEmbeds[EmbedsObject, EmbedsList, EmbedsDeleted]):
     """``client.embeds``."""
 
-    def create(
-        self,
-        embeds: object,
-        *,
-        format: EmbedsFormat | None = None,
-        reupload: bool = False,
-        extra_headers: Mapping[str, str] | None = None,
-        extra_body: Mapping[str, object] | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-    ) -> EmbedsObject:
-        """``POST /embeds``: upload one ``(num_tokens, hidden_size)`` tensor, get its handle.
-
-        Args:
-            embeds: a numpy array, torch.Tensor, :class:`~pe_client.RawTensor` or an
-                already-encoded payload, as for ``prompt_embeds``.
-            format: the encoding (default: the client's ``embeds_format``).
-            reupload: keep the tensor client-side; when a request referencing the object gets
-                a 404 ``embeds_not_found`` (a restarted or different server), upload it again
-                (the object's ``id`` changes in place) and retry that request once.
-            extra_headers / extra_body / timeout: per-request additions and overrides.
-        """
-        extras = RequestExtras(extra_headers=extra_headers, extra_body=extra_body, timeout=timeout)
-        source, obj = self._upload(embeds, format, extras)
-        return kept(obj, source, reupload)
-
 
 class AsyncEmbeds(
     BaseEmbeds[
@@ -159,21 +149,7 @@ class AsyncEmbeds(
 ):
     """``client.embeds`` of :class:`~pe_client.AsyncPEClient`."""
 
-    async def create(
-        self,
-        embeds: object,
-        *,
-        format: EmbedsFormat | None = None,
-        reupload: bool = False,
-        extra_headers: Mapping[str, str] | None = None,
-        extra_body: Mapping[str, object] | None = None,
-        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
-    ) -> EmbedsObject:
-        """``POST /embeds``: see :meth:`Embeds.create`."""
-        extras = RequestExtras(extra_headers=extra_headers, extra_body=extra_body, timeout=timeout)
-        source, pending = self._upload(embeds, format, extras)
-        return kept(await pending, source, reupload)
-
+    create = coroutine_method(BaseEmbeds.create)
     retrieve = coroutine_method(BaseEmbeds.retrieve)
     list = coroutine_method(BaseEmbeds.list)
     delete = coroutine_method(BaseEmbeds.delete)
