@@ -7,30 +7,21 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
 from server_harness import API_KEY, MODEL, ServerProcess, wait_until
+
+from conftest import module_server
 
 OTHER_KEY = "second-tenant-key"
 HEAD_TIMEOUT = 1.0
 LONG = {"model": MODEL, "prompt": "x", "max_tokens": 200, "ignore_eos": True, "stream": True}
+FLAGS = [
+    "--api-key", OTHER_KEY, "--max-requests-per-key", "1",
+    "--header-read-timeout", str(HEAD_TIMEOUT), "--body-read-timeout", "5",
+]  # fmt: skip
 
-
-@pytest.fixture(scope="module")
-def guarded(
-    tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    log = tmp_path_factory.mktemp("quota") / "server.log"
-    flags = [
-        "--api-key", OTHER_KEY, "--max-requests-per-key", "1",
-        "--header-read-timeout", str(HEAD_TIMEOUT), "--body-read-timeout", "5",
-    ]  # fmt: skip
-    proc = ServerProcess(tiny_llama_dir, log, flags).wait_ready()
-    yield proc
-    proc.stop()
+guarded = module_server("quota", FLAGS)
 
 
 def open_stream(port: int, key: str) -> socket.socket:
