@@ -14,14 +14,6 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 @pytest.fixture(scope="module")
-def llm(tiny_llama_dir: Path) -> LLM:
-    return LLM(
-        str(tiny_llama_dir), dtype="float32", device="cpu", enable_prompt_embeds=True,
-        max_model_len=256, num_kv_blocks=64, block_size=8,
-    )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
 def hf(tiny_llama_dir: Path) -> Any:
     from transformers import AutoModelForCausalLM
 

@@ -36,14 +36,6 @@ LARK = 'start: "x" yz yz? yz? "."\nyz: "y" | "z"'
 GBNF = 'root ::= "(" [0-9] ("," [0-9])? ("," [0-9])? ")"'
 
 
-@pytest.fixture(scope="module")
-def llm(tiny_llama_dir: Path) -> LLM:
-    return LLM(
-        str(tiny_llama_dir), dtype="float32", device="cpu", enable_prompt_embeds=True,
-        max_model_len=256, num_kv_blocks=64, block_size=8,
-    )  # fmt: skip
-
-
 def run(llm: LLM, prompt: Any, constraint: Constraint, **kwargs: Any) -> list[Any]:
     options = {"temperature": 0.0, "max_tokens": 80, **kwargs}
     params = SamplingParams(structured_outputs=constraint, **options)
