@@ -59,6 +59,17 @@ def test_bfloat16_linears_are_packed_too_and_agree_with_f_linear() -> None:
     torch.testing.assert_close(model(x).float(), expected, atol=3e-2, rtol=3e-2)
 
 
+def llm_with_linears(model_dir: Path, dtype: str, cpu_linear: str) -> LLM:
+    """An engine whose linears are packed exactly when ``cpu_linear="onednn"`` (checked)."""
+    llm = LLM(
+        str(model_dir), dtype=dtype, device="cpu", max_model_len=128, num_kv_blocks=32,
+        block_size=8, cpu_linear=cpu_linear,
+    )  # fmt: skip
+    linears = [m for m in llm.engine.runner.model.modules() if isinstance(m, PackedLinear)]
+    assert bool(linears) == (cpu_linear == "onednn")
+    return llm
+
+
 @pytest.mark.parametrize("model_fixture", ["tiny_llama_dir", "tiny_llama_tied_dir"])
 def test_onednn_and_torch_linears_generate_the_same_tokens(
     model_fixture: str, request: pytest.FixtureRequest
@@ -68,12 +79,7 @@ def test_onednn_and_torch_linears_generate_the_same_tokens(
     params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, logprobs=2)
     outputs = {}
     for choice in ("torch", "onednn"):
-        llm = LLM(
-            str(model_dir), dtype="float32", device="cpu", max_model_len=128,
-            num_kv_blocks=32, block_size=8, cpu_linear=choice,
-        )  # fmt: skip
-        linears = [m for m in llm.engine.runner.model.modules() if isinstance(m, PackedLinear)]
-        assert bool(linears) == (choice == "onednn")
+        llm = llm_with_linears(model_dir, "float32", choice)
         batch = [{"prompt_token_ids": p} for p in prompts]
         outputs[choice] = llm.generate(batch, params, use_tqdm=False)
     for by_torch, by_onednn in zip(outputs["torch"], outputs["onednn"], strict=True):
@@ -102,12 +108,7 @@ def test_a_bfloat16_model_packs_its_linears_where_the_cpu_has_native_bfloat16(
     first = {}
     params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=3)
     for choice in ("torch", "onednn"):
-        llm = LLM(
-            str(tiny_llama_dir), dtype="bfloat16", device="cpu", max_model_len=128,
-            num_kv_blocks=32, block_size=8, cpu_linear=choice,
-        )  # fmt: skip
-        linears = [m for m in llm.engine.runner.model.modules() if isinstance(m, PackedLinear)]
-        assert bool(linears) == (choice == "onednn")
+        llm = llm_with_linears(tiny_llama_dir, "bfloat16", choice)
         out = llm.generate({"prompt_token_ids": [17, 905, 33, 4021]}, params, use_tqdm=False)
         first[choice] = out[0].outputs[0].logprobs[0]
     for token_id, lp in first["torch"].items():
