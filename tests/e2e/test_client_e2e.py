@@ -9,15 +9,10 @@ get the same output from the same messages; closing a stream early must abort th
 from __future__ import annotations
 
 import asyncio
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 from server_harness import MODEL, ServerProcess, wait_until
 
 import pe_client
@@ -30,53 +25,6 @@ TEXT = "The quick brown fox jumps over the lazy dog"
 GREEDY: dict[str, Any] = {"max_tokens": 8, "temperature": 0.0, "ignore_eos": True}
 FORMATS = ["safetensors", "torch", "raw"]
 TRANSPORTS = ["json", "msgpack"]
-
-
-@pytest.fixture(scope="module")
-def server(
-    tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    """A keyless pe server serving the tiny Llama as ``MODEL``."""
-    log_path = tmp_path_factory.mktemp("pe_server") / "server.log"
-    # compact JSON under constraints: a random model would otherwise fill max_tokens with spaces
-    flags = [
-        "--enable-prompt-embeds",
-        "--structured-outputs-config",
-        '{"disable_any_whitespace": true}',
-    ]
-    proc = ServerProcess(tiny_llama_dir, log_path, flags, api_key=None)
-    try:
-        yield proc.wait_ready()
-    finally:
-        proc.stop()
-
-
-@pytest.fixture(scope="module")
-def embedder(tiny_llama_dir: Path) -> Any:
-    """Token ids and the model's own embedding rows for a text (client-side, numpy)."""
-    from safetensors import safe_open
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_llama_dir))
-    with safe_open(str(tiny_llama_dir / "model.safetensors"), framework="np") as f:
-        table = np.asarray(f.get_tensor("model.embed_tokens.weight"), dtype=np.float32)
-
-    class Embedder:
-        hidden_size = table.shape[1]
-
-        def ids(self, text: str) -> list[int]:
-            return list(tokenizer.encode(text, add_special_tokens=False))
-
-        def __call__(self, text: str) -> np.ndarray:
-            return np.ascontiguousarray(table[self.ids(text)])
-
-    return Embedder()
-
-
-@pytest.fixture
-def client(server: ServerProcess) -> Iterator[PEClient]:
-    with PEClient(base_url=server.base_url, api_key=None, timeout=60.0) as c:
-        yield c
 
 
 def completion_text(client: PEClient, **kwargs: Any) -> str:

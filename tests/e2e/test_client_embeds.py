@@ -10,15 +10,10 @@ the same.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 from server_harness import MODEL, ServerProcess
 
 from pe_client import AsyncPEClient, EmbedsObject, NotFoundError, PEClient
@@ -28,47 +23,6 @@ TEXT = "The quick brown fox jumps over the lazy dog"
 OTHER = "Paris is the capital of France"
 GREEDY: dict[str, Any] = {"max_tokens": 8, "temperature": 0.0, "ignore_eos": True}
 TRANSPORTS = ["json", "msgpack"]
-
-
-def start_server(model_dir: Path, log_dir: Path) -> ServerProcess:
-    proc = ServerProcess(
-        model_dir, log_dir / "server.log", ["--enable-prompt-embeds"], api_key=None
-    )
-    return proc.wait_ready()
-
-
-@pytest.fixture(scope="module")
-def server(
-    tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    """A keyless pe server serving the tiny Llama as ``MODEL``."""
-    proc = start_server(tiny_llama_dir, tmp_path_factory.mktemp("pe_server"))
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture(scope="module")
-def embedder(tiny_llama_dir: Path) -> Any:
-    """The model's own embedding rows for a text (client-side, numpy)."""
-    from safetensors import safe_open
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_llama_dir))
-    with safe_open(str(tiny_llama_dir / "model.safetensors"), framework="np") as f:
-        table = np.asarray(f.get_tensor("model.embed_tokens.weight"), dtype=np.float32)
-
-    def embed(text: str) -> np.ndarray:
-        return np.ascontiguousarray(table[tokenizer.encode(text, add_special_tokens=False)])
-
-    return embed
-
-
-@pytest.fixture
-def client(server: ServerProcess) -> Iterator[PEClient]:
-    with PEClient(base_url=server.base_url, api_key=None, timeout=60.0) as c:
-        yield c
 
 
 def texts(reply: Any) -> list[str]:
@@ -136,32 +90,28 @@ def test_a_deleted_id_is_a_404_naming_where(client: PEClient, embedder: Any) -> 
 
 
 def test_reupload_after_the_server_lost_the_id(
-    server: ServerProcess, tiny_llama_dir: Path, tmp_path: Path, embedder: Any
+    server: ServerProcess, replica: ServerProcess, embedder: Any
 ) -> None:
     x, y = embedder(TEXT), embedder(OTHER)
-    other = start_server(tiny_llama_dir, tmp_path)  # a fresh replica: it never saw the ids
-    try:
-        with PEClient(base_url=server.base_url) as first:
-            obj = first.embeds.create(x, reupload=True)
-            streamed_obj = first.embeds.create(y, reupload=True)
-            history = [system("You are terse."), user("Read:", obj, "Summarise")]
-            expected = chat_text(first, history)
-            old_ids = (obj.id, streamed_obj.id)
-            with first.with_options(base_url=other.base_url) as second:
-                assert chat_text(second, history) == expected  # history holds the old id
-                assert second.embeds.retrieve(obj.id).id == obj.id
-                by_index = ["", ""]
-                with second.completions.create(
-                    model=MODEL, prompt_embeds=[x, streamed_obj], stream=True, **GREEDY
-                ) as stream:
-                    for chunk in stream:
-                        for choice in chunk.choices:
-                            by_index[choice.index] += choice.text
-                whole = second.completions.create(model=MODEL, prompt_embeds=[x, y], **GREEDY)
-        assert obj.id != old_ids[0] and streamed_obj.id != old_ids[1]
-        assert by_index == texts(whole)
-    finally:
-        other.stop()
+    with PEClient(base_url=server.base_url) as first:
+        obj = first.embeds.create(x, reupload=True)
+        streamed_obj = first.embeds.create(y, reupload=True)
+        history = [system("You are terse."), user("Read:", obj, "Summarise")]
+        expected = chat_text(first, history)
+        old_ids = (obj.id, streamed_obj.id)
+        with first.with_options(base_url=replica.base_url) as second:
+            assert chat_text(second, history) == expected  # history holds the old id
+            assert second.embeds.retrieve(obj.id).id == obj.id
+            by_index = ["", ""]
+            with second.completions.create(
+                model=MODEL, prompt_embeds=[x, streamed_obj], stream=True, **GREEDY
+            ) as stream:
+                for chunk in stream:
+                    for choice in chunk.choices:
+                        by_index[choice.index] += choice.text
+            whole = second.completions.create(model=MODEL, prompt_embeds=[x, y], **GREEDY)
+    assert obj.id != old_ids[0] and streamed_obj.id != old_ids[1]
+    assert by_index == texts(whole)
 
 
 async def test_async_upload_reference_delete(server: ServerProcess, embedder: Any) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_client_e2e import MODEL, ServerProcess, server  # noqa: F401  (module fixture)
+from server_harness import MODEL, ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = [
@@ -42,14 +42,14 @@ def hidden_size(tiny_llama_dir: Path) -> int:
 
 
 @pytest.mark.parametrize("script", EXAMPLES)
-def test_example_runs(server: ServerProcess, hidden_size: int, script: str) -> None:  # noqa: F811
+def test_example_runs(server: ServerProcess, hidden_size: int, script: str) -> None:
     result = run([str(ROOT / "examples" / script)], server, hidden_size)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip()
 
 
 def test_cli_complete_and_chat(
-    server: ServerProcess,  # noqa: F811
+    server: ServerProcess,
     hidden_size: int,
     tmp_path: Path,
 ) -> None:
