@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import dataclasses
 import logging
 import queue
 import threading
-from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -22,54 +20,19 @@ from pe_engine.core.llm_engine import EngineStepError, FaultInjector, LLMEngine
 from pe_engine.inputs.chat import ChatPromptBuilder
 from pe_engine.inputs.embeds_store import EmbedsLease, EmbedsStore, StoredEmbeds
 from pe_engine.models.kernel_threads import claim_kernel_threads
-from pe_engine.outputs import RequestOutput, merge_delta
+from pe_engine.outputs import RequestOutput
 from pe_engine.prompt import Prompt
+from pe_engine.request_streams import StreamItem, StreamRegistry
 from pe_engine.sampling_params import SamplingParams
 
 log = logging.getLogger("pe_engine")
 
 # Failed steps in a row after which the engine is declared dead.
 MAX_CONSECUTIVE_STEP_FAILURES = 3
-# Ids of ended requests remembered, so that a late abort of one is not sent to the engine.
-NUM_ENDED_REMEMBERED = 4096
 
 
 class EngineDeadError(RuntimeError):
     """The engine loop stopped; no request can be served any more."""
-
-
-class _Stream:
-    """One request's deltas on their way from the engine thread to the consumer's event loop:
-    a deque and one future to wake the consumer (lighter than an asyncio.Queue, which costs a
-    third of the event loop's time when 64 requests stream). Deltas a slow consumer has not
-    taken yet are merged into one, so it never holds more than one output per request."""
-
-    __slots__ = ("is_aborted", "items", "loop", "waiter")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.items: deque[RequestOutput | BaseException] = deque()
-        self.waiter: asyncio.Future[None] | None = None
-        self.is_aborted = False  # its one abort was submitted
-
-    def put(self, item: RequestOutput | BaseException) -> None:
-        """On the consumer's loop."""
-        last = self.items[-1] if self.items else None
-        if isinstance(item, RequestOutput) and isinstance(last, RequestOutput):
-            merge_delta(last, item)
-            return
-        self.items.append(item)
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    async def get(self) -> RequestOutput | BaseException:
-        while not self.items:
-            self.waiter = self.loop.create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
-        return self.items.popleft()
 
 
 class AsyncEngine:
@@ -125,9 +88,7 @@ class AsyncEngine:
         self.errored: BaseException | None = None
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._wakeup = threading.Event()
-        self._streams: dict[str, _Stream] = {}
-        self._ended: OrderedDict[str, None] = OrderedDict()
-        self._lock = threading.Lock()
+        self._streams = StreamRegistry()
         self._stop = False
         self._thread: threading.Thread | None = None
         self._num_failed_steps = 0
@@ -156,7 +117,7 @@ class AsyncEngine:
         self._wakeup.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        self._fail_all(EngineDeadError("engine shut down"))
+        self._streams.fail_all(EngineDeadError("engine shut down"))
 
     def stats(self) -> dict[str, int]:
         """A snapshot taken by the engine thread after its last step (safe from any thread)."""
@@ -187,7 +148,7 @@ class AsyncEngine:
         lease = EmbedsLease(self.embeds_store)
         try:
             prompt = self._build(prompt, lease)
-            stream = self._open_stream(request_id)
+            stream = self._streams.open(request_id)
         except BaseException:
             lease.release()
             raise
@@ -206,12 +167,7 @@ class AsyncEngine:
                 yield item
         finally:
             lease.release()
-            with self._lock:
-                self._streams.pop(request_id, None)
-                is_aborted, stream.is_aborted = stream.is_aborted, True
-                self._ended[request_id] = None
-                if len(self._ended) > NUM_ENDED_REMEMBERED:
-                    self._ended.popitem(last=False)
+            is_aborted = self._streams.close(request_id, stream)
             if not finished and not is_aborted:
                 self._submit("abort", request_id)
 
@@ -227,27 +183,11 @@ class AsyncEngine:
             built.cache_salt = salt
         return built
 
-    def _open_stream(self, request_id: str) -> _Stream:
-        stream = _Stream(asyncio.get_running_loop())
-        with self._lock:
-            if request_id in self._streams:
-                raise ValueError(f"request id {request_id!r} is already running")
-            self._streams[request_id] = stream
-            self._ended.pop(request_id, None)
-        return stream
-
     def abort(self, request_id: str) -> None:
         """Abort a request (harmless for unknown or finished ids). Each request is aborted
         once: an abort after its stream ended or after an earlier abort is not sent again."""
-        with self._lock:
-            if request_id in self._ended:
-                return
-            stream = self._streams.get(request_id)
-            if stream is not None:
-                if stream.is_aborted:
-                    return
-                stream.is_aborted = True
-        self._submit("abort", request_id)
+        if self._streams.claim_abort(request_id):
+            self._submit("abort", request_id)
 
     def _submit(self, command: str, payload: Any) -> None:
         self._inbox.put((command, payload))
@@ -314,39 +254,20 @@ class AsyncEngine:
 
     def _die(self, exc: BaseException) -> None:
         """Fail every stream, whatever else goes wrong: nothing here may raise."""
-        self.errored = exc  # first, so that generate refuses what _fail_all cannot see
+        self.errored = exc  # first, so that generate refuses what fail_all cannot see
         dead = EngineDeadError("the engine failed and cannot continue")
         dead.__cause__ = exc
-        self._fail_all(dead)
+        self._streams.fail_all(dead)
         with contextlib.suppress(Exception):
             log.error("engine loop died", exc_info=exc)
         with contextlib.suppress(Exception):
             self._stats = self.engine.stats()
 
-    def _fail_all(self, exc: BaseException) -> None:
-        """Wake every stream with ``exc`` on its own loop, without the delivery path (it may be
-        what failed); a stream whose loop is gone is skipped, the others still fail."""
-        with self._lock:
-            streams = list(self._streams.values())
-        for stream in streams:
-            with contextlib.suppress(Exception):  # e.g. RuntimeError: the loop is closed
-                stream.loop.call_soon_threadsafe(stream.put, exc)
-
-    def _deliver(self, request_id: str, item: RequestOutput | BaseException) -> None:
+    def _deliver(self, request_id: str, item: StreamItem) -> None:
         self._deliver_all([(request_id, item)])
 
-    def _deliver_all(self, items: list[tuple[str, RequestOutput | BaseException]]) -> None:
-        """Hand a step's outputs to their streams: one wake-up per event loop, not one per
-        request (each wake-up is a write to the loop's self-pipe and a turn of the loop)."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Stream, Any]]] = {}
-        with self._lock:
-            for request_id, item in items:
-                stream = self._streams.get(request_id)
-                if stream is not None:
-                    by_loop.setdefault(stream.loop, []).append((stream, item))
-        for loop, batch in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # the consumer's loop is closed
-                loop.call_soon_threadsafe(_put_all, batch)
+    def _deliver_all(self, items: list[tuple[str, StreamItem]]) -> None:
+        self._streams.deliver(items)
 
 
 def _build_engine(config: EngineConfig) -> tuple[LLMEngine, int]:
@@ -358,8 +279,3 @@ def _build_engine(config: EngineConfig) -> tuple[LLMEngine, int]:
 
     with ThreadPoolExecutor(1, thread_name_prefix="pe-engine-load") as pool:
         return pool.submit(build).result()
-
-
-def _put_all(batch: list[tuple[_Stream, Any]]) -> None:
-    for stream, item in batch:
-        stream.put(item)
