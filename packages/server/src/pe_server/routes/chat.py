@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,18 +17,15 @@ from pe_common.protocol import (
     ChatCompletionStreamResponse,
     DeltaMessage,
     decode_chat_request,
-    encode_json,
 )
-from pe_server.cache_salt import salt_prompts
 from pe_server.errors import APIError
-from pe_server.generation import Generation
 from pe_server.logprobs import chat_logprobs, wire_prompt_logprobs
-from pe_server.negotiation import struct_response
 from pe_server.request_builder import ChatOptions, check_context
 from pe_server.routes.chat_messages import ChatInput, collect_chat_input
 from pe_server.routes.chat_tools import Streamer, ToolPlan, merge, wire_delta
+from pe_server.routes.generation_job import GenerationJob, prompt_token_ids, run_job
 from pe_server.routes.intake import Intake, take_in
-from pe_server.routes.streaming import PendingChunk, StreamSession
+from pe_server.routes.streaming import PendingChunk
 from pe_server.routes.usage import make_usage
 from pe_server.sampling import build_sampling_params
 from pe_server.state import GENERATION, REQUEST_ID, ServerState
@@ -37,37 +33,33 @@ from pe_server.structured import constrain, request_constraint
 
 if TYPE_CHECKING:
     from pe_engine.outputs import CompletionOutput, RequestOutput
-    from pe_engine.prompt import Prompt
-    from pe_engine.sampling_params import SamplingParams
 
 routes = web.RouteTableDef()
 
 
-@dataclass
-class ChatJob:
+@dataclass(kw_only=True)
+class ChatJob(GenerationJob):
+    """A validated chat request (one prompt), ready to run."""
+
+    chunk_type = ChatCompletionStreamResponse
+
     req: ChatCompletionRequest
-    model: str
-    response_id: str
-    prompt: Prompt
-    params: SamplingParams
     tools: ToolPlan = field(default_factory=lambda: ToolPlan("none"))
-    created: int = field(default_factory=lambda: int(time.time()))
+
+    def response(self, finals: list[RequestOutput], tokenizer: Any) -> ChatCompletionResponse:
+        (final,) = finals
+        return chat_response(self, final, tokenizer)
+
+    def chunk_stream(self, tokenizer: Any) -> ChatChunks:
+        return ChatChunks(self, tokenizer)
 
 
 @routes.post("/v1/chat/completions")
 @GENERATION
 async def create_chat_completion(request: web.Request) -> web.StreamResponse:
     intake = await take_in(request, decode_chat_request)
-    state, req = intake.state, intake.req
     job = await prepare(intake, request[REQUEST_ID])
-    salt_prompts(request, req.cache_salt, [job.prompt])
-    if req.stream:
-        return await stream_chat(request, state, job)
-    async with Generation(
-        state.backend, state.metrics, job.response_id, [job.prompt], job.params
-    ) as gen:
-        (final,) = await gen.final_outputs()
-    return struct_response(request, chat_response(state, job, final))
+    return await run_job(request, intake.state, job)
 
 
 def requested_logprobs(req: ChatCompletionRequest) -> int | None:
@@ -103,7 +95,14 @@ async def prepare(intake: Intake[ChatCompletionRequest], request_id: str) -> Cha
     check_context(max_model_len, prompt.num_tokens, max_tokens)
     if max_tokens is None:
         params = dataclasses.replace(params, max_tokens=max_model_len - prompt.num_tokens)
-    return ChatJob(req, model, f"chatcmpl-{request_id}", prompt, params, tools)
+    return ChatJob(
+        req=req,
+        model=model,
+        response_id=f"chatcmpl-{request_id}",
+        prompts=[prompt],
+        prompt_params=[params],
+        tools=tools,
+    )
 
 
 def chat_constraint(state: ServerState, req: ChatCompletionRequest, tools: ToolPlan) -> Any:
@@ -137,8 +136,7 @@ def check_prompt_logprobs(state: ServerState, req: ChatCompletionRequest) -> Non
         )
 
 
-def chat_response(state: ServerState, job: ChatJob, final: RequestOutput) -> ChatCompletionResponse:
-    tokenizer = state.backend.tokenizer
+def chat_response(job: ChatJob, final: RequestOutput, tokenizer: Any) -> ChatCompletionResponse:
     choices = []
     for out in final.outputs:
         logprobs = None
@@ -161,37 +159,10 @@ def chat_response(state: ServerState, job: ChatJob, final: RequestOutput) -> Cha
         model=job.model,
         choices=choices,
         usage=make_usage([final]),
-        prompt_token_ids=prompt_ids(job) if job.req.return_token_ids else None,
+        prompt_token_ids=prompt_token_ids(job.prompts[0]) if job.req.return_token_ids else None,
         prompt_logprobs=wire_prompt_logprobs(final)
         if job.req.prompt_logprobs is not None
         else None,
-    )
-
-
-def prompt_ids(job: ChatJob) -> list[int] | None:
-    return None if job.prompt.is_pure_embeds else list(job.prompt.token_ids)
-
-
-async def stream_chat(request: web.Request, state: ServerState, job: ChatJob) -> web.StreamResponse:
-    session = StreamSession(request, state)
-    include_usage = bool(job.req.stream_options and job.req.stream_options.include_usage)
-    branches: dict[int, ChatBranch] = {}
-    async with session.generation(job.response_id, [job.prompt], job.params) as gen:
-        async for _, output in session.outputs(gen):
-            for out in output.outputs:
-                for chunk in chat_chunks(state, job, out, branches):
-                    await session.send(encode_json(chunk))
-        totals = gen.totals()
-        if session.is_ok and include_usage and totals:
-            await session.send(encode_json(make_chunk(job, [], usage=make_usage(totals))))
-    return await session.finish()
-
-
-def make_chunk(
-    job: ChatJob, choices: list[ChatCompletionChunkChoice], usage: Any = None
-) -> ChatCompletionStreamResponse:
-    return ChatCompletionStreamResponse(
-        id=job.response_id, created=job.created, model=job.model, choices=choices, usage=usage
     )
 
 
@@ -215,38 +186,47 @@ class ChatBranch:
         return delta
 
 
-def chat_chunks(
-    state: ServerState, job: ChatJob, out: CompletionOutput, branches: dict[int, ChatBranch]
-) -> list[ChatCompletionStreamResponse]:
-    """The role chunk (first time), then the new content or call pieces with the finish
-    reason, if any."""
-    chunks = []
-    if out.index not in branches:
-        branches[out.index] = ChatBranch(PendingChunk(), job.tools.streamer())
-        role = DeltaMessage(role="assistant", content="")
-        chunks.append(make_chunk(job, [ChatCompletionChunkChoice(index=out.index, delta=role)]))
-    branch = branches[out.index]
-    pending = branch.pending
-    if pending.is_done:
+class ChatChunks:
+    """The chunks of a streamed chat answer: each choice's role chunk, then its content or
+    call pieces with the finish reason."""
+
+    def __init__(self, job: ChatJob, tokenizer: Any) -> None:
+        self.job = job
+        self.tokenizer = tokenizer
+        self.branches: dict[int, ChatBranch] = {}
+
+    def add(
+        self, prompt_index: int, output: RequestOutput, out: CompletionOutput
+    ) -> list[ChatCompletionStreamResponse]:
+        """The role chunk (first time), then the new content or call pieces with the finish
+        reason, if any."""
+        job, chunks = self.job, []
+        if out.index not in self.branches:
+            self.branches[out.index] = ChatBranch(PendingChunk(), job.tools.streamer())
+            role = DeltaMessage(role="assistant", content="")
+            chunks.append(job.chunk([ChatCompletionChunkChoice(index=out.index, delta=role)]))
+        branch = self.branches[out.index]
+        pending = branch.pending
+        if pending.is_done:
+            return chunks
+        pending.add(out)
+        if not pending.text and not pending.is_finished:
+            return chunks
+        finish_reason, stop_reason = pending.finish_reason, pending.stop_reason
+        text, new_ids, steps = pending.take()
+        delta = branch.delta(job, text)
+        logprobs = None
+        if job.params.logprobs is not None and steps is not None:
+            logprobs = chat_logprobs(new_ids, steps, job.params.logprobs, self.tokenizer)
+        if delta == DeltaMessage() and finish_reason is None and logprobs is None:
+            return chunks  # held back (a possible call marker)
+        choice = ChatCompletionChunkChoice(
+            index=out.index,
+            delta=delta,
+            logprobs=logprobs,
+            finish_reason=job.tools.finish_reason(finish_reason, branch.called),
+            stop_reason=stop_reason,
+            token_ids=new_ids if job.req.return_token_ids else None,
+        )
+        chunks.append(job.chunk([choice]))
         return chunks
-    pending.add(out)
-    if not pending.text and not pending.is_finished:
-        return chunks
-    finish_reason, stop_reason = pending.finish_reason, pending.stop_reason
-    text, new_ids, steps = pending.take()
-    delta = branch.delta(job, text)
-    logprobs = None
-    if job.params.logprobs is not None and steps is not None:
-        logprobs = chat_logprobs(new_ids, steps, job.params.logprobs, state.backend.tokenizer)
-    if delta == DeltaMessage() and finish_reason is None and logprobs is None:
-        return chunks  # held back (a possible call marker)
-    choice = ChatCompletionChunkChoice(
-        index=out.index,
-        delta=delta,
-        logprobs=logprobs,
-        finish_reason=job.tools.finish_reason(finish_reason, branch.called),
-        stop_reason=stop_reason,
-        token_ids=new_ids if job.req.return_token_ids else None,
-    )
-    chunks.append(make_chunk(job, [choice]))
-    return chunks

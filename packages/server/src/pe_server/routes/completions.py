@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -16,16 +15,13 @@ from pe_common.protocol import (
     CompletionResponse,
     CompletionStreamResponse,
     decode_completion_request,
-    encode_json,
 )
-from pe_server.cache_salt import salt_prompts
 from pe_server.errors import APIError
-from pe_server.generation import Generation
 from pe_server.logprobs import completion_logprobs, wire_prompt_logprobs
-from pe_server.negotiation import struct_response
 from pe_server.request_builder import check_context
+from pe_server.routes.generation_job import GenerationJob, prompt_token_ids, run_job
 from pe_server.routes.intake import Intake, take_in
-from pe_server.routes.streaming import PendingChunk, StreamSession
+from pe_server.routes.streaming import PendingChunk
 from pe_server.routes.usage import make_usage
 from pe_server.sampling import build_sampling_params
 from pe_server.state import GENERATION, REQUEST_ID, ServerState
@@ -36,41 +32,34 @@ if TYPE_CHECKING:
 
     from pe_engine.outputs import CompletionOutput, Logprob, RequestOutput
     from pe_engine.prompt import Prompt
-    from pe_engine.sampling_params import SamplingParams
 
 routes = web.RouteTableDef()
 
 
-@dataclass
-class CompletionJob:
+@dataclass(kw_only=True)
+class CompletionJob(GenerationJob):
     """A validated completions request, ready to run."""
 
+    chunk_type = CompletionStreamResponse
+
     req: CompletionRequest
-    model: str
-    response_id: str
-    prompts: list[Prompt]
-    params: SamplingParams  # n and logprobs are the same for every prompt
-    prompt_params: list[SamplingParams]  # max_tokens may depend on the prompt's length
-    created: int = field(default_factory=lambda: int(time.time()))
 
     def choice_index(self, prompt_index: int, branch: int) -> int:
         return prompt_index * self.params.n + branch
+
+    def response(self, finals: list[RequestOutput], tokenizer: Any) -> CompletionResponse:
+        return completion_response(self, finals, tokenizer)
+
+    def chunk_stream(self, tokenizer: Any) -> CompletionChunks:
+        return CompletionChunks(self, tokenizer)
 
 
 @routes.post("/v1/completions")
 @GENERATION
 async def create_completion(request: web.Request) -> web.StreamResponse:
     intake = await take_in(request, decode_completion_request)
-    state, req = intake.state, intake.req
     job = await prepare(intake, request[REQUEST_ID])
-    salt_prompts(request, req.cache_salt, job.prompts)
-    if req.stream:
-        return await stream_completion(request, state, job)
-    async with Generation(
-        state.backend, state.metrics, job.response_id, job.prompts, job.prompt_params
-    ) as gen:
-        finals = await gen.final_outputs()
-    return struct_response(request, completion_response(state, job, finals))
+    return await run_job(request, intake.state, job)
 
 
 async def prepare(intake: Intake[CompletionRequest], request_id: str) -> CompletionJob:
@@ -99,7 +88,13 @@ async def prepare(intake: Intake[CompletionRequest], request_id: str) -> Complet
             prompt_params.append(dataclasses.replace(params, max_tokens=limit))
         else:
             prompt_params.append(params)
-    return CompletionJob(req, model, f"cmpl-{request_id}", prompts, params, prompt_params)
+    return CompletionJob(
+        req=req,
+        model=model,
+        response_id=f"cmpl-{request_id}",
+        prompts=prompts,
+        prompt_params=prompt_params,
+    )
 
 
 def check_unsupported(req: CompletionRequest, state: ServerState, *, has_embeds: bool) -> None:
@@ -158,12 +153,12 @@ def prompt_logprobs(req: CompletionRequest) -> int | None:
 
 
 def completion_response(
-    state: ServerState, job: CompletionJob, finals: list[RequestOutput]
+    job: CompletionJob, finals: list[RequestOutput], tokenizer: Any
 ) -> CompletionResponse:
     choices = []
     for i, (prompt, final) in enumerate(zip(job.prompts, finals, strict=True)):
         for out in final.outputs:
-            choices.append(make_choice(state, job, i, prompt, final, out))
+            choices.append(make_choice(job, i, prompt, final, out, tokenizer))
     choices.sort(key=lambda c: c.index)
     return CompletionResponse(
         id=job.response_id,
@@ -183,14 +178,13 @@ def echo_text(job: CompletionJob, prompt: Prompt, tokenizer: Any) -> str:
 
 
 def make_choice(
-    state: ServerState,
     job: CompletionJob,
     prompt_index: int,
     prompt: Prompt,
     final: RequestOutput,
     out: CompletionOutput,
+    tokenizer: Any,
 ) -> CompletionChoice:
-    tokenizer = state.backend.tokenizer
     prefix = echo_text(job, prompt, tokenizer)
     return CompletionChoice(
         index=job.choice_index(prompt_index, out.index),
@@ -242,65 +236,30 @@ def choice_logprobs(
     )
 
 
-def prompt_token_ids(prompt: Prompt) -> list[int] | None:
-    """The prompt's ids; None for a pure-embeds prompt (it has none)."""
-    if prompt.is_pure_embeds:
-        return None
-    return list(prompt.token_ids)
-
-
-async def stream_completion(
-    request: web.Request, state: ServerState, job: CompletionJob
-) -> web.StreamResponse:
-    session = StreamSession(request, state)
-    include_usage = bool(job.req.stream_options and job.req.stream_options.include_usage)
-    async with session.generation(job.response_id, job.prompts, job.prompt_params) as gen:
-        chunks = CompletionChunks(state, job)
-        async for i, output in session.outputs(gen):
-            for out in output.outputs:
-                chunk = chunks.add(i, output, out)
-                if chunk is not None:
-                    await session.send(encode_json(chunk))
-        if session.is_ok and include_usage:
-            await session.send(encode_json(usage_chunk(job, gen)))
-    return await session.finish()
-
-
-def usage_chunk(job: CompletionJob, gen: Generation) -> CompletionStreamResponse:
-    return CompletionStreamResponse(
-        id=job.response_id,
-        created=job.created,
-        model=job.model,
-        choices=[],
-        usage=make_usage(gen.totals()),
-    )
-
-
 class CompletionChunks:
     """The chunks of a streamed completion, one per delta of a branch with something to show."""
 
-    def __init__(self, state: ServerState, job: CompletionJob) -> None:
+    def __init__(self, job: CompletionJob, tokenizer: Any) -> None:
         self.job = job
-        self.tokenizer = state.backend.tokenizer
+        self.tokenizer = tokenizer
         self.branches: dict[tuple[int, int], PendingChunk] = {}
         # Each prompt's prompt logprobs (its first delta has them), echoed in first chunks.
         self.prompt_steps: dict[int, list[dict[int, Logprob] | None] | None] = {}
 
     def add(
         self, prompt_index: int, output: RequestOutput, out: CompletionOutput
-    ) -> CompletionStreamResponse | None:
-        """Take one branch's delta; the chunk to send now, or None if nothing shows yet."""
+    ) -> list[CompletionStreamResponse]:
+        """Take one branch's delta; the chunk to send now, if something shows."""
         if self.prompt_steps.get(prompt_index) is None:
             self.prompt_steps[prompt_index] = output.prompt_logprobs
         pending = self.branches.setdefault((prompt_index, out.index), PendingChunk())
         if pending.is_done:
-            return None
+            return []
         pending.add(out)
-        job = self.job
-        wants_ids = job.req.return_token_ids
+        wants_ids = self.job.req.return_token_ids
         if not pending.text and not pending.is_finished and not (pending.token_ids and wants_ids):
-            return None
-        return self._chunk(prompt_index, out.index, pending)
+            return []
+        return [self._chunk(prompt_index, out.index, pending)]
 
     def _chunk(
         self, prompt_index: int, branch: int, pending: PendingChunk
@@ -326,6 +285,4 @@ class CompletionChunks:
             if job.req.return_token_ids and is_first
             else None,
         )
-        return CompletionStreamResponse(
-            id=job.response_id, created=job.created, model=job.model, choices=[choice]
-        )
+        return job.chunk([choice])
