@@ -24,11 +24,11 @@ from pe_server.request_builder import ChatOptions, check_context
 from pe_server.routes.chat_messages import ChatInput, collect_chat_input
 from pe_server.routes.chat_tools import Streamer, ToolPlan, merge, wire_delta
 from pe_server.routes.generation_job import GenerationJob, prompt_token_ids, run_job
-from pe_server.routes.intake import Intake, take_in
+from pe_server.routes.intake import Intake
 from pe_server.routes.streaming import PendingChunk
 from pe_server.routes.usage import make_usage
 from pe_server.sampling import build_sampling_params
-from pe_server.state import GENERATION, REQUEST_ID, ServerState
+from pe_server.state import GENERATION, ServerState
 from pe_server.structured import constrain, request_constraint
 
 if TYPE_CHECKING:
@@ -48,7 +48,33 @@ class ChatJob(GenerationJob):
 
     def response(self, finals: list[RequestOutput], tokenizer: Any) -> ChatCompletionResponse:
         (final,) = finals
-        return chat_response(self, final, tokenizer)
+        return ChatCompletionResponse(
+            id=self.response_id,
+            created=self.created,
+            model=self.model,
+            choices=[self._choice(out, tokenizer) for out in final.outputs],
+            usage=make_usage(finals),
+            prompt_token_ids=prompt_token_ids(self.prompts[0])
+            if self.req.return_token_ids
+            else None,
+            prompt_logprobs=wire_prompt_logprobs(final)
+            if self.req.prompt_logprobs is not None
+            else None,
+        )
+
+    def _choice(self, out: CompletionOutput, tokenizer: Any) -> ChatCompletionChoice:
+        logprobs = None
+        if self.params.logprobs is not None and out.logprobs is not None:
+            logprobs = chat_logprobs(out.token_ids, out.logprobs, self.params.logprobs, tokenizer)
+        content, calls = self.tools.extract(out.text)
+        return ChatCompletionChoice(
+            index=out.index,
+            message=ChatCompletionMessage(content=content, tool_calls=calls),
+            logprobs=logprobs,
+            finish_reason=self.tools.finish_reason(out.finish_reason, bool(calls)),
+            stop_reason=out.stop_reason,
+            token_ids=list(out.token_ids) if self.req.return_token_ids else None,
+        )
 
     def chunk_stream(self, tokenizer: Any) -> ChatChunks:
         return ChatChunks(self, tokenizer)
@@ -57,9 +83,7 @@ class ChatJob(GenerationJob):
 @routes.post("/v1/chat/completions")
 @GENERATION
 async def create_chat_completion(request: web.Request) -> web.StreamResponse:
-    intake = await take_in(request, decode_chat_request)
-    job = await prepare(intake, request[REQUEST_ID])
-    return await run_job(request, intake.state, job)
+    return await run_job(request, decode_chat_request, prepare)
 
 
 def requested_logprobs(req: ChatCompletionRequest) -> int | None:
@@ -134,36 +158,6 @@ def check_prompt_logprobs(state: ServerState, req: ChatCompletionRequest) -> Non
             code="unsupported",
             param="prompt_logprobs",
         )
-
-
-def chat_response(job: ChatJob, final: RequestOutput, tokenizer: Any) -> ChatCompletionResponse:
-    choices = []
-    for out in final.outputs:
-        logprobs = None
-        if job.params.logprobs is not None and out.logprobs is not None:
-            logprobs = chat_logprobs(out.token_ids, out.logprobs, job.params.logprobs, tokenizer)
-        content, calls = job.tools.extract(out.text)
-        choices.append(
-            ChatCompletionChoice(
-                index=out.index,
-                message=ChatCompletionMessage(content=content, tool_calls=calls),
-                logprobs=logprobs,
-                finish_reason=job.tools.finish_reason(out.finish_reason, bool(calls)),
-                stop_reason=out.stop_reason,
-                token_ids=list(out.token_ids) if job.req.return_token_ids else None,
-            )
-        )
-    return ChatCompletionResponse(
-        id=job.response_id,
-        created=job.created,
-        model=job.model,
-        choices=choices,
-        usage=make_usage([final]),
-        prompt_token_ids=prompt_token_ids(job.prompts[0]) if job.req.return_token_ids else None,
-        prompt_logprobs=wire_prompt_logprobs(final)
-        if job.req.prompt_logprobs is not None
-        else None,
-    )
 
 
 @dataclass

@@ -20,11 +20,11 @@ from pe_server.errors import APIError
 from pe_server.logprobs import completion_logprobs, wire_prompt_logprobs
 from pe_server.request_builder import check_context
 from pe_server.routes.generation_job import GenerationJob, prompt_token_ids, run_job
-from pe_server.routes.intake import Intake, take_in
+from pe_server.routes.intake import Intake
 from pe_server.routes.streaming import PendingChunk
 from pe_server.routes.usage import make_usage
 from pe_server.sampling import build_sampling_params
-from pe_server.state import GENERATION, REQUEST_ID, ServerState
+from pe_server.state import GENERATION, ServerState
 from pe_server.structured import constrain, request_constraint
 
 if TYPE_CHECKING:
@@ -48,7 +48,18 @@ class CompletionJob(GenerationJob):
         return prompt_index * self.params.n + branch
 
     def response(self, finals: list[RequestOutput], tokenizer: Any) -> CompletionResponse:
-        return completion_response(self, finals, tokenizer)
+        choices = []
+        for i, (prompt, final) in enumerate(zip(self.prompts, finals, strict=True)):
+            for out in final.outputs:
+                choices.append(make_choice(self, i, prompt, final, out, tokenizer))
+        choices.sort(key=lambda c: c.index)
+        return CompletionResponse(
+            id=self.response_id,
+            created=self.created,
+            model=self.model,
+            choices=choices,
+            usage=make_usage(finals),
+        )
 
     def chunk_stream(self, tokenizer: Any) -> CompletionChunks:
         return CompletionChunks(self, tokenizer)
@@ -57,9 +68,7 @@ class CompletionJob(GenerationJob):
 @routes.post("/v1/completions")
 @GENERATION
 async def create_completion(request: web.Request) -> web.StreamResponse:
-    intake = await take_in(request, decode_completion_request)
-    job = await prepare(intake, request[REQUEST_ID])
-    return await run_job(request, intake.state, job)
+    return await run_job(request, decode_completion_request, prepare)
 
 
 async def prepare(intake: Intake[CompletionRequest], request_id: str) -> CompletionJob:
@@ -150,23 +159,6 @@ def prompt_logprobs(req: CompletionRequest) -> int | None:
     if req.echo and req.logprobs is not None:
         return req.logprobs
     return None
-
-
-def completion_response(
-    job: CompletionJob, finals: list[RequestOutput], tokenizer: Any
-) -> CompletionResponse:
-    choices = []
-    for i, (prompt, final) in enumerate(zip(job.prompts, finals, strict=True)):
-        for out in final.outputs:
-            choices.append(make_choice(job, i, prompt, final, out, tokenizer))
-    choices.sort(key=lambda c: c.index)
-    return CompletionResponse(
-        id=job.response_id,
-        created=job.created,
-        model=job.model,
-        choices=choices,
-        usage=make_usage(finals),
-    )
 
 
 def echo_text(job: CompletionJob, prompt: Prompt, tokenizer: Any) -> str:

@@ -5,25 +5,31 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from pe_common.protocol import encode_json
+from pe_common.protocol.common import GenerateFields
 from pe_server.cache_salt import salt_prompts
 from pe_server.generation import Generation
 from pe_server.negotiation import struct_response
+from pe_server.routes.intake import Intake, take_in
 from pe_server.routes.streaming import StreamSession
 from pe_server.routes.usage import make_usage
+from pe_server.state import REQUEST_ID
 
 if TYPE_CHECKING:
     from aiohttp import web
 
     from pe_common.protocol import Usage
-    from pe_common.protocol.common import ChoicesResponse, GenerateFields
+    from pe_common.protocol.common import ChoicesResponse
     from pe_engine.outputs import CompletionOutput, RequestOutput
     from pe_engine.prompt import Prompt
     from pe_engine.sampling_params import SamplingParams
     from pe_server.state import ServerState
+
+Req = TypeVar("Req", bound=GenerateFields)
 
 
 class ChunkStream(Protocol):
@@ -81,9 +87,16 @@ def prompt_token_ids(prompt: Prompt) -> list[int] | None:
 
 
 async def run_job(
-    request: web.Request, state: ServerState, job: GenerationJob
+    request: web.Request,
+    decode: Callable[..., Req],
+    prepare: Callable[[Intake[Req], str], Awaitable[GenerationJob]],
 ) -> web.StreamResponse:
-    """Run the job's prompts (aborting them if the handler leaves early) and answer."""
+    """Take the request in, let the route ``prepare`` its job (from the intake and the
+    request's id), run the job's prompts (aborting them if the handler leaves early) and
+    answer: the whole response, or its stream."""
+    intake = await take_in(request, decode)
+    state = intake.state
+    job = await prepare(intake, request[REQUEST_ID])
     salt_prompts(request, job.req.cache_salt, job.prompts)
     if job.req.stream:
         return await stream_job(request, state, job)
