@@ -20,10 +20,15 @@ from pe_common.protocol import (
 )
 from pe_server.errors import APIError
 from pe_server.logprobs import chat_logprobs, wire_prompt_logprobs
-from pe_server.request_builder import ChatOptions, check_context
+from pe_server.request_builder import ChatOptions
 from pe_server.routes.chat_messages import ChatInput, collect_chat_input
 from pe_server.routes.chat_tools import Streamer, ToolPlan, merge, wire_delta
-from pe_server.routes.generation_job import GenerationJob, prompt_token_ids, run_job
+from pe_server.routes.generation_job import (
+    GenerationJob,
+    fit_to_context,
+    prompt_token_ids,
+    run_job,
+)
 from pe_server.routes.intake import Intake
 from pe_server.routes.streaming import PendingChunk
 from pe_server.routes.usage import make_usage
@@ -115,16 +120,12 @@ async def prepare(intake: Intake[ChatCompletionRequest], request_id: str) -> Cha
     builder.precheck_embeds(chat.payloads, max_tokens)
     tensors = await builder.decode_embeds(chat.payloads)
     prompt = await builder.chat_prompt(chat.messages(tensors), options)
-    max_model_len = state.backend.info.max_model_len
-    check_context(max_model_len, prompt.num_tokens, max_tokens)
-    if max_tokens is None:
-        params = dataclasses.replace(params, max_tokens=max_model_len - prompt.num_tokens)
     return ChatJob(
         req=req,
         model=model,
         response_id=f"chatcmpl-{request_id}",
         prompts=[prompt],
-        prompt_params=[params],
+        prompt_params=fit_to_context(state.backend.info.max_model_len, [prompt], params),
         tools=tools,
     )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,8 +17,12 @@ from pe_common.protocol import (
 )
 from pe_server.errors import APIError
 from pe_server.logprobs import completion_logprobs, wire_prompt_logprobs
-from pe_server.request_builder import check_context
-from pe_server.routes.generation_job import GenerationJob, prompt_token_ids, run_job
+from pe_server.routes.generation_job import (
+    GenerationJob,
+    fit_to_context,
+    prompt_token_ids,
+    run_job,
+)
 from pe_server.routes.intake import Intake
 from pe_server.routes.streaming import PendingChunk
 from pe_server.routes.usage import make_usage
@@ -88,21 +91,12 @@ async def prepare(intake: Intake[CompletionRequest], request_id: str) -> Complet
     tensors = await builder.decode_embeds(embeds)
     text_prompts = await builder.text_prompts(texts, req.add_special_tokens)
     prompts = await builder.embeds_prompts(tensors) + text_prompts
-    max_model_len = state.backend.info.max_model_len
-    prompt_params = []
-    for prompt in prompts:
-        check_context(max_model_len, prompt.num_tokens, max_tokens)
-        if max_tokens is None:
-            limit = max_model_len - prompt.num_tokens
-            prompt_params.append(dataclasses.replace(params, max_tokens=limit))
-        else:
-            prompt_params.append(params)
     return CompletionJob(
         req=req,
         model=model,
         response_id=f"cmpl-{request_id}",
         prompts=prompts,
-        prompt_params=prompt_params,
+        prompt_params=fit_to_context(state.backend.info.max_model_len, prompts, params),
     )
 
 

@@ -3,6 +3,7 @@ with the whole response or stream its chunks. A route only builds the job and it
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,7 @@ from pe_common.protocol.common import GenerateFields
 from pe_server.cache_salt import salt_prompts
 from pe_server.generation import Generation
 from pe_server.negotiation import struct_response
+from pe_server.request_builder import check_context
 from pe_server.routes.intake import Intake, take_in
 from pe_server.routes.streaming import StreamSession
 from pe_server.routes.usage import make_usage
@@ -84,6 +86,22 @@ def prompt_token_ids(prompt: Prompt) -> list[int] | None:
     if prompt.is_pure_embeds:
         return None
     return list(prompt.token_ids)
+
+
+def fit_to_context(
+    max_model_len: int, prompts: list[Prompt], params: SamplingParams
+) -> list[SamplingParams]:
+    """Each prompt's params once the prompt is known to fit the context; without max_tokens
+    a prompt may generate up to the context length, as in vLLM."""
+    fitted = []
+    for prompt in prompts:
+        check_context(max_model_len, prompt.num_tokens, params.max_tokens)
+        if params.max_tokens is None:
+            limit = max_model_len - prompt.num_tokens
+            fitted.append(dataclasses.replace(params, max_tokens=limit))
+        else:
+            fitted.append(params)
+    return fitted
 
 
 async def run_job(
