@@ -180,10 +180,7 @@ class EmbedsStore:
         whether more follow."""
         now = self.clock()
         with self._lock:
-            mine = [
-                o for o in self._objects.values()
-                if o.tenant == tenant and not o.is_deleted and o.expires_at > now
-            ]  # fmt: skip
+            mine = [o for o in self._objects.values() if self._is_visible(o, tenant, now)]
         mine.sort(key=lambda o: (o.created_at, o.id), reverse=True)
         if after is not None:
             ids = [o.id for o in mine]
