@@ -157,6 +157,26 @@ class JsonEnd:
         return None
 
 
+class PartialJson:
+    """One JSON object or array received piece by piece from its opening bracket, until its
+    closing bracket arrives."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self._end = JsonEnd()
+
+    def feed(self, text: str) -> int | None:
+        """Takes ``text`` up to the closing bracket: the index just past it, or None if the
+        value is still open (all of ``text`` was taken)."""
+        end = self._end.feed(text)
+        self._parts.append(text if end is None else text[:end])
+        return end
+
+    def load(self) -> Any:
+        """The finished value; None for text that is not JSON."""
+        return load_json("".join(self._parts))
+
+
 class ToolParser:
     """Splits a model's output into content and tool calls, whole or streamed.
 

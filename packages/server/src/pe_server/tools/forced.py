@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pe_server.tools.base import JsonEnd, StreamDelta, ToolCallDelta, ToolParser, load_json
+from pe_server.tools.base import PartialJson, StreamDelta, ToolCallDelta, ToolParser
 from pe_server.tools.schema import required_call_or_none
 
 _WHITESPACE = " \t\r\n"
@@ -53,8 +53,7 @@ class RequiredToolStreamer:
     def __init__(self, make_call_id: Callable[[], str] = ToolParser.make_call_id) -> None:
         self._make_call_id = make_call_id
         self._state = "start"  # start -> item (an item may come) | separator -> done
-        self._item: list[str] | None = None
-        self._item_end = JsonEnd()
+        self._item: PartialJson | None = None
         self._num_calls = 0
 
     def stream(self, delta_text: str) -> StreamDelta:
@@ -71,7 +70,7 @@ class RequiredToolStreamer:
             if self._state == "start" and char == "[":
                 self._state = "item"
             elif self._state == "item" and char == "{":
-                self._item, self._item_end = [], JsonEnd()
+                self._item = PartialJson()
                 pos -= 1
             elif self._state == "separator" and char == ",":
                 self._state = "item"
@@ -86,12 +85,10 @@ class RequiredToolStreamer:
 
     def _feed_item(self, text: str, pos: int, delta: StreamDelta) -> int:
         assert self._item is not None
-        end = self._item_end.feed(text[pos:])
+        end = self._item.feed(text[pos:])
         if end is None:
-            self._item.append(text[pos:])
             return len(text)
-        self._item.append(text[pos : pos + end])
-        call = required_call_or_none(load_json("".join(self._item)))
+        call = required_call_or_none(self._item.load())
         self._item = None
         if call is None:
             self._state = "done"

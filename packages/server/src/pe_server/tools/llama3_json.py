@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pe_server.tools.base import JsonEnd, ToolParser, call_tool_name, load_json
+from pe_server.tools.base import PartialJson, ToolParser, call_tool_name
 
 PYTHON_TAG = "<|python_tag|>"
 _SEPARATORS = frozenset(" \t\r\n;")
@@ -27,8 +27,7 @@ class Llama3JsonToolParser(ToolParser):
         self._head: list[str] = []  # raw text while it is unknown whether calls follow
         self._lead = ""  # the head without leading whitespace (a few characters at most)
         self._is_decided = False
-        self._object: list[str] | None = None
-        self._object_end = JsonEnd()
+        self._object: PartialJson | None = None
 
     def _consume(self, text: str) -> None:
         if not self._is_decided:
@@ -67,18 +66,16 @@ class Llama3JsonToolParser(ToolParser):
                 if text[pos] != "{":
                     self._give_up()
                     return
-                self._object, self._object_end = [], JsonEnd()
-            end = self._object_end.feed(text[pos:])
+                self._object = PartialJson()
+            end = self._object.feed(text[pos:])
             if end is None:
-                self._object.append(text[pos:])
                 return
-            self._object.append(text[pos : pos + end])
             pos += end
             self._end_call()
 
     def _end_call(self) -> None:
         assert self._object is not None
-        call = load_json("".join(self._object))
+        call = self._object.load()
         self._object = None
         name = call_tool_name(call)
         key = "arguments" if isinstance(call, dict) and "arguments" in call else "parameters"

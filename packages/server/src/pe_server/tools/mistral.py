@@ -19,7 +19,7 @@ import random
 import string
 from typing import ClassVar
 
-from pe_server.tools.base import JsonEnd, MarkerSearch, ToolParser, call_tool_name, load_json
+from pe_server.tools.base import MarkerSearch, PartialJson, ToolParser, call_tool_name
 
 TOOL_CALLS = "[TOOL_CALLS]"
 _ID_ALPHABET = string.ascii_letters + string.digits
@@ -36,8 +36,7 @@ class MistralToolParser(ToolParser):
         self._mode = "content"  # content -> pick -> array | pieces
         self._is_item_next = True  # array: an item (or "]") may come next, not a separator
         self._name: list[str] = []
-        self._object: list[str] | None = None
-        self._object_end = JsonEnd()
+        self._object: PartialJson | None = None
         self._is_piece_over = False  # pieces: the current piece's call is complete or spoiled
 
     @staticmethod
@@ -74,7 +73,7 @@ class MistralToolParser(ToolParser):
             if char in _WHITESPACE:
                 continue
             if char == "{" and self._is_item_next:
-                self._object, self._object_end = [], JsonEnd()
+                self._object = PartialJson()
                 pos = self._feed_object(text, pos - 1)
             elif char == "," and not self._is_item_next:
                 self._is_item_next = True
@@ -83,12 +82,10 @@ class MistralToolParser(ToolParser):
 
     def _feed_object(self, text: str, pos: int) -> int:
         assert self._object is not None
-        end = self._object_end.feed(text[pos:])
+        end = self._object.feed(text[pos:])
         if end is None:
-            self._object.append(text[pos:])
             return len(text)
-        self._object.append(text[pos : pos + end])
-        call = load_json("".join(self._object))
+        call = self._object.load()
         self._object = None
         if self._mode == "array":
             self._end_item(call)
@@ -125,7 +122,7 @@ class MistralToolParser(ToolParser):
                 self._name.append(text)
                 return
             self._name.append(text[:brace])
-            self._object, self._object_end = [], JsonEnd()
+            self._object = PartialJson()
             text = text[brace:]
         self._feed_object(text, 0)
 
