@@ -23,12 +23,7 @@ from pe_server.logprobs import chat_logprobs, wire_prompt_logprobs
 from pe_server.request_builder import ChatOptions
 from pe_server.routes.chat_messages import ChatInput, collect_chat_input
 from pe_server.routes.chat_tools import Streamer, ToolPlan, merge, wire_delta
-from pe_server.routes.generation_job import (
-    GenerationJob,
-    fit_to_context,
-    prompt_token_ids,
-    run_job,
-)
+from pe_server.routes.generation_job import GenerationJob, prompt_token_ids, run_job
 from pe_server.routes.intake import Intake
 from pe_server.routes.streaming import PendingChunk
 from pe_server.routes.usage import make_usage
@@ -125,7 +120,7 @@ async def prepare(intake: Intake[ChatCompletionRequest], request_id: str) -> Cha
         model=model,
         response_id=f"chatcmpl-{request_id}",
         prompts=[prompt],
-        prompt_params=fit_to_context(state.backend.info.max_model_len, [prompt], params),
+        params=params,
         tools=tools,
     )
 

@@ -17,12 +17,7 @@ from pe_common.protocol import (
 )
 from pe_server.errors import APIError
 from pe_server.logprobs import completion_logprobs, wire_prompt_logprobs
-from pe_server.routes.generation_job import (
-    GenerationJob,
-    fit_to_context,
-    prompt_token_ids,
-    run_job,
-)
+from pe_server.routes.generation_job import GenerationJob, prompt_token_ids, run_job
 from pe_server.routes.intake import Intake
 from pe_server.routes.streaming import PendingChunk
 from pe_server.routes.usage import make_usage
@@ -96,7 +91,7 @@ async def prepare(intake: Intake[CompletionRequest], request_id: str) -> Complet
         model=model,
         response_id=f"cmpl-{request_id}",
         prompts=prompts,
-        prompt_params=fit_to_context(state.backend.info.max_model_len, prompts, params),
+        params=params,
     )
 
 

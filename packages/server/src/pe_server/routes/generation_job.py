@@ -55,13 +55,8 @@ class GenerationJob(ABC):
     model: str  # the served name to report
     response_id: str
     prompts: list[Prompt]
-    prompt_params: list[SamplingParams]  # max_tokens may depend on the prompt's length
+    params: SamplingParams  # every prompt's; max_tokens None: up to the context length
     created: int = field(default_factory=lambda: int(time.time()))
-
-    @property
-    def params(self) -> SamplingParams:
-        """What every prompt's params share (all but max_tokens: n, logprobs, ...)."""
-        return self.prompt_params[0]
 
     @abstractmethod
     def response(self, finals: list[RequestOutput], tokenizer: Any) -> ChoicesResponse[Any]:
@@ -115,25 +110,29 @@ async def run_job(
     intake = await take_in(request, decode)
     state = intake.state
     job = await prepare(intake, request[REQUEST_ID])
+    prompt_params = fit_to_context(state.backend.info.max_model_len, job.prompts, job.params)
     salt_prompts(request, job.req.cache_salt, job.prompts)
     if job.req.stream:
-        return await stream_job(request, state, job)
+        return await stream_job(request, state, job, prompt_params)
     async with Generation(
-        state.backend, state.metrics, job.response_id, job.prompts, job.prompt_params
+        state.backend, state.metrics, job.response_id, job.prompts, prompt_params
     ) as gen:
         finals = await gen.final_outputs()
     return struct_response(request, job.response(finals, state.backend.tokenizer))
 
 
 async def stream_job(
-    request: web.Request, state: ServerState, job: GenerationJob
+    request: web.Request,
+    state: ServerState,
+    job: GenerationJob,
+    prompt_params: list[SamplingParams],
 ) -> web.StreamResponse:
     """The job's chunks as SSE events, then (if asked for) a last chunk with the usage."""
     session = StreamSession(request, state)
     stream_options = job.req.stream_options
     include_usage = bool(stream_options and stream_options.include_usage)
     chunks = job.chunk_stream(state.backend.tokenizer)
-    async with session.generation(job.response_id, job.prompts, job.prompt_params) as gen:
+    async with session.generation(job.response_id, job.prompts, prompt_params) as gen:
         async for i, output in session.outputs(gen):
             for out in output.outputs:
                 for chunk in chunks.add(i, output, out):
