@@ -150,6 +150,7 @@ def model_weight_bytes(llm: Any) -> int:
     step looks up one row), plus the oneDNN-packed linears' weights (held outside
     ``parameters()``, a tied model's output head among them), at the model's dtype."""
     from pe_engine.models.cpu_linear import PackedLinear
+    from pe_engine.models.int8_linear import Int8Linear
 
     model = llm.engine.runner.model
     table = model.model.embed_tokens.weight
@@ -158,6 +159,8 @@ def model_weight_bytes(llm: Any) -> int:
     for module in model.modules():
         if isinstance(module, PackedLinear):
             total += module.in_features * module.out_features * itemsize
+        elif isinstance(module, Int8Linear):  # int8 values and a float32 scale per row
+            total += (module.in_features + 4) * module.out_features
     head = getattr(model, "lm_head", None)
     if head is None or getattr(head, "weight", None) is table:  # a tied head reads the table
         total += table.numel() * table.element_size()
@@ -175,13 +178,14 @@ def main() -> None:
         "--cpu-linear", default="auto", choices=("auto", "onednn", "torch"),
         help="the engine's CPU linear path (torch: F.linear, as bfloat16 ran before issue 22)",
     )  # fmt: skip
+    parser.add_argument("--quantization", choices=("int8",), help="weight-only int8 linears")
     args = parser.parse_args()
     from pe_engine import LLM
     from pe_engine.demo_model import resolve_model
 
     llm = LLM(
         model=str(resolve_model(args.model)), dtype=args.dtype, enable_prefix_caching=False,
-        cpu_linear=args.cpu_linear,
+        cpu_linear=args.cpu_linear, quantization=args.quantization,
     )  # fmt: skip
     weight_bytes = model_weight_bytes(llm)
     timer = StageTimer()

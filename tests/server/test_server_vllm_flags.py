@@ -56,8 +56,6 @@ ENGINE_REFUSED = [
     ["--enable-log-requests"],
     ["--tokenizer-mode", "mistral"],
     ["--kv-cache-dtype", "fp8"],
-    ["--quantization", "awq"],
-    ["-q", "fp8"],
     ["--enable-lora"],
     ["--no-enable-chunked-prefill"],
     ["--load-format", "pt"],
@@ -139,13 +137,29 @@ def test_vllm_backend_passes_engine_flags_through_as_given() -> None:
 
     given = [
         "-tp", "2", "--generation-config", "/models/generation", "--enable-log-requests",
-        "--quantization", "awq", "--runner", "generate", "--distributed-executor-backend", "ray",
+        "--runner", "generate", "--distributed-executor-backend", "ray",
     ]  # fmt: skip
     config = build("--backend", "vllm", *given, "--disable-fastapi-docs")
     assert config.vllm_args == tuple(given)
     assert engine_argv(config, "/models/m")[-len(given) :] == given
     for argv in GENERATION_ONLY:
         assert refusal("--backend", "vllm", *argv).startswith(" ".join(argv) + ": pe serves")
+
+
+def test_quantization_is_int8_on_native_and_vllms_own_on_vllm() -> None:
+    from pe_server.backends.vllm_backend import engine_argv
+
+    assert build("--quantization", "int8").quantization == "int8"
+    assert build("-q", "int8").engine_settings()["quantization"] == "int8"
+    message = refusal("--quantization", "awq")
+    assert message.startswith("--quantization awq: the native backend has int8")
+    assert "--backend vllm" in message
+    message = refusal("--backend", "transformers", "-q", "int8")
+    assert message.startswith("--quantization int8: the transformers backend loads unquantized")
+    remote = ["--backend", "vllm-remote", "--upstream", "http://vllm:8000"]
+    assert "vllm serve" in refusal(*remote, "--quantization", "awq")
+    argv = engine_argv(build("--backend", "vllm", "-q", "awq"), "/models/m")
+    assert argv[argv.index("--quantization") + 1] == "awq"
 
 
 def test_front_end_flags_never_reach_vllm() -> None:

@@ -26,6 +26,7 @@ _DTYPE_ALIASES = {
     "fp16": "float16",
 }
 DEFAULT_CPU_KV_CACHE_MEMORY = 1 << 30
+QUANTIZATIONS = (None, "int8")
 
 
 class EngineSettings(BaseModel):
@@ -52,6 +53,9 @@ class EngineSettings(BaseModel):
     max_embeds_bytes: int = Field(256 * 2**20, ge=1)
     seed: int = 0
     enforce_eager: bool = False  # CUDA: no decode CUDA graphs
+    # "int8": the decoder layers' linear weights in int8 with a scale per output channel
+    # (CPU, native engine); None: the weights in ``dtype``. vLLM's flag name (--quantization).
+    quantization: str | None = None
 
     @field_validator("dtype", mode="before")
     @classmethod
@@ -79,6 +83,16 @@ class EngineConfig(EngineSettings):
     cpu_linear: Literal["auto", "torch", "onednn"] = "auto"
     # CPU kernel threads; None: OMP_NUM_THREADS when set, else every usable core.
     num_threads: int | None = Field(None, ge=1)
+
+    @field_validator("quantization")
+    @classmethod
+    def _native_quantization(cls, value: str | None) -> str | None:
+        if value not in QUANTIZATIONS:
+            raise ValueError(
+                f"quantization {value!r} is not supported by pe's engine; it has: "
+                f"{', '.join(str(q) for q in QUANTIZATIONS[1:])}"
+            )
+        return value
 
     @cached_property
     def model_dir(self) -> Path:

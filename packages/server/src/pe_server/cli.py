@@ -113,6 +113,13 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
         help="half and float are vLLM's names of float16 and float32",
     )
     model.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    model.add_argument(
+        "--quantization",
+        "-q",
+        metavar="METHOD",
+        help="int8: the linears' weights in int8 (native backend, CPU); --backend vllm takes "
+        "vLLM's methods",
+    )
     model.add_argument("--max-model-len", type=int)
     model.add_argument("--max-num-seqs", type=int)
     model.add_argument("--max-num-batched-tokens", type=int)

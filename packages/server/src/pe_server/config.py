@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from pe_engine.config import EngineSettings
-from pe_server.vllm_flags import check_engine_args
+from pe_engine.config import QUANTIZATIONS, EngineSettings
+from pe_server.vllm_flags import REMOTE_REFUSAL, check_engine_args
 
 MiB = 2**20
 GiB = 2**30
@@ -207,7 +207,27 @@ class ServerConfig(EngineSettings):
         if self.upstream and self.backend != "vllm-remote":
             raise ValueError("--upstream is only used with --backend vllm-remote")
         check_engine_args(self.vllm_args, self.backend)
+        self._check_quantization()
         return self
+
+    def _check_quantization(self) -> None:
+        """--quantization: int8 on the native backend, any of vLLM's methods on vllm."""
+        method = self.quantization
+        if method is None or self.backend == "vllm":
+            return
+        flag = f"--quantization {method}"
+        if self.backend == "vllm-remote":
+            raise ValueError(f"{flag}: {REMOTE_REFUSAL}")
+        if self.backend == "transformers":
+            raise ValueError(
+                f"{flag}: the transformers backend loads unquantized weights only; "
+                "use --backend native (int8) or --backend vllm"
+            )
+        if method not in QUANTIZATIONS:
+            raise ValueError(
+                f"{flag}: the native backend has int8 (weight int8 per output channel, CPU); "
+                "use --backend vllm for vLLM's methods"
+            )
 
     @field_validator("structured_outputs_config", mode="before")
     @classmethod

@@ -68,6 +68,7 @@ class ModelRunner:
         args = self.model.args
         self.hidden_size = args.hidden_size
         self.vocab_size = args.vocab_size
+        self._quantize()
         self._pack_cpu_linears()
         self.bytes_per_block = bytes_per_block(args, self.block_size, self.dtype)
         self.num_kv_blocks = num_kv_blocks(
@@ -94,6 +95,19 @@ class ModelRunner:
         self.sampler = Sampler(eos_token_ids, seed=config.seed, device=self.device)
 
     # ---- loading ------------------------------------------------------------------------------
+
+    def _quantize(self) -> None:
+        """``quantization="int8"``: the decoder layers' linears as int8 weights (CPU only)."""
+        if self.config.quantization is None:
+            return
+        if self.device.type != "cpu":
+            raise ValueError(
+                f"quantization={self.config.quantization!r} runs on the CPU only "
+                f"(device is {self.device.type})"
+            )
+        from pe_engine.models.int8_linear import quantize_linears
+
+        quantize_linears(self.model)
 
     def _pack_cpu_linears(self) -> None:
         """CPU float32 (and bfloat16 where the CPU has native bfloat16): every linear (and a

@@ -40,6 +40,7 @@ SHARED_FLAGS = {
     "max_num_batched_tokens": "--max-num-batched-tokens",
     "block_size": "--block-size",
     "kv_cache_memory": "--kv-cache-memory-bytes",
+    "quantization": "--quantization",
 }
 MAX_ERROR_MESSAGE = 300
 

@@ -1,0 +1,93 @@
+"""quantization="int8": int8 linears against their dequantized weights, and the engine with them
+(the fixtures' tiny models keep their top logits far apart, so greedy tokens survive int8)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pe_engine import LLM, SamplingParams
+from pe_engine.config import EngineConfig
+from pe_engine.models import int8_linear
+from pe_engine.models.int8_linear import Int8Linear
+
+PROMPTS = ["The capital of France is", "def fib(n):", "1, 2, 3, 4,"]
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).norm() / want.norm())
+
+
+@pytest.mark.parametrize("rows", [1, 5, 64])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_int8_linear_matches_its_dequantized_weight(rows: int, with_bias: bool) -> None:
+    gen = torch.Generator().manual_seed(rows)
+    weight, x = torch.randn(96, 80, generator=gen), torch.randn(rows, 80, generator=gen)
+    bias = torch.randn(96, generator=gen) if with_bias else None
+    layer = Int8Linear(weight, bias)
+    step = weight.abs().amax(dim=1, keepdim=True) / 127
+    assert ((layer.dequantized() - weight).abs() <= step / 2 + 1e-6).all()
+    exact = F.linear(x, layer.dequantized(), bias)
+    # the input rows are quantized per call too: a few tenths of a percent
+    assert relative_error(layer(x), exact) < 0.02
+    assert relative_error(layer(x), F.linear(x, weight, bias)) < 0.02
+    assert layer(x.view(1, rows, 80)).shape == (1, rows, 96)
+
+
+def test_int8_linear_without_fbgemm_is_the_dequantized_product(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(int8_linear, "fbgemm_available", lambda: False)
+    gen = torch.Generator().manual_seed(0)
+    weight, x = torch.randn(32, 16, generator=gen), torch.randn(3, 16, generator=gen)
+    layer = Int8Linear(weight)
+    assert "dequantized" in repr(layer)
+    torch.testing.assert_close(layer(x), F.linear(x, layer.dequantized()))
+    assert layer(x.bfloat16()).dtype == torch.bfloat16
+
+
+def int8_llm(model_dir: Path, **kwargs: object) -> LLM:
+    return LLM(
+        str(model_dir), device="cpu", max_model_len=128, num_kv_blocks=32, block_size=8,
+        **kwargs,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama_dir", "tiny_llama_tied_dir", "tiny_qwen2_dir"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_int8_engine_stays_close_to_the_unquantized_model(
+    fixture: str, dtype: str, request: pytest.FixtureRequest
+) -> None:
+    """Teacher-forced over 60 tokens: most top-1 tokens and the logprobs stay (random weights
+    have no margins to spare; the demo model's figures are in RESULTS.md, "Int8 quality")."""
+    model_dir = request.getfixturevalue(fixture)
+    prompt = {"prompt_token_ids": list(range(100, 160))}
+    params = SamplingParams(temperature=0.0, max_tokens=4, prompt_logprobs=1)
+    (plain,) = int8_llm(model_dir, dtype=dtype).generate([prompt], params)
+    quantized = int8_llm(model_dir, dtype=dtype, quantization="int8")
+    model = quantized.engine.runner.model
+    linears = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    assert len(linears) == 4 * len(model.layers) + 1  # qkv, o, gate_up, down; the head
+    (got,) = quantized.generate([prompt], params)
+    assert len(got.outputs[0].token_ids) == 4
+    diffs, agree = [], 0
+    for want_pos, got_pos in zip(plain.prompt_logprobs[1:], got.prompt_logprobs[1:], strict=True):
+        diffs += [
+            abs(lp.logprob - got_pos[t].logprob) for t, lp in want_pos.items() if t in got_pos
+        ]
+        agree += top1(want_pos) == top1(got_pos)
+    assert agree >= 0.8 * 59
+    assert sum(diffs) / len(diffs) < 0.15
+
+
+def top1(position: dict[int, Any]) -> int:
+    return next(token for token, lp in position.items() if lp.rank == 1)
+
+
+def test_unknown_quantization_is_refused_by_name(tiny_llama_dir: Path) -> None:
+    with pytest.raises(ValueError, match="quantization 'fp8' is not supported by pe's engine"):
+        EngineConfig(model=str(tiny_llama_dir), quantization="fp8")
