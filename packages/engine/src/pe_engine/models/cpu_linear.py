@@ -34,13 +34,15 @@ class PackedLinear(nn.Module):
         self.bias = None if bias is None else bias.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features)
+        rows = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         num_rows = rows.shape[0]
         padded = padded_rows(num_rows)
         if padded != num_rows:
             rows = F.pad(rows, (0, 0, 0, padded - num_rows))
         y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
-        return y[:num_rows].view(*x.shape[:-1], self.out_features)
+        if padded != num_rows:
+            y = y[:num_rows]
+        return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, onednn"

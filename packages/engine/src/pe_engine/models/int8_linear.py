@@ -51,12 +51,16 @@ class Int8Linear(nn.Module):
         return qweight.dequantize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).float()
+        rows = x if x.dim() == 2 else x.reshape(-1, self.in_features)
+        if x.dtype != torch.float32:  # (a decode step runs ~120 of these: no no-op casts)
+            rows = rows.float()
         if self.packed is not None:
             y = torch.ops.quantized.linear_dynamic(rows, self.packed, reduce_range())
         else:
             y = F.linear(rows, self.dequantized(), self.bias)
-        return y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+        if x.dtype != torch.float32:
+            y = y.to(x.dtype)
+        return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         kernel = "fbgemm" if self.packed is not None else "dequantized"
