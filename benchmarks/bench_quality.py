@@ -11,7 +11,9 @@ follows. Per variant:
 - perplexity: exp of the mean negative log-probability of the true next tokens, and its change
   against float32's.
 
-pe's rows are float32, bfloat16 and int8 (per-channel int8 linears, float32 activations). Where
+pe's rows are float32, bfloat16 and int8 (weight-only per-channel int8 linears: float32
+activations through the dequantized product that prefill uses, and again with every row on
+the decode kernel, whose activations are bfloat16). Where
 llama-cpp-python is importable, llama.cpp's f16 and q8_0 are measured the same way against its
 own f32 (bench_latency's requantized files, loaded as it loads them), and its f32 against pe's
 float32 (both hold the same dequantized Q4_1 weights, so this shows the engines agree).
@@ -140,6 +142,15 @@ def main() -> None:
         name = f"pe {quantization or dtype}"
         scores[name] = pe_scores(model_dir, dtype, quantization, args.threads, windows)
         print(f"{name} done", flush=True)
+    # int8's decode rows take the int8 matrix-vector kernel (bfloat16 activations), its wider
+    # batches the dequantized float32 product: score the kernel's numbers too, every row on it
+    from pe_engine.models import int8_linear
+
+    int8_linear.KERNEL_ROWS = 1 << 30
+    scores["pe int8 (decode kernel)"] = pe_scores(
+        model_dir, "float32", "int8", args.threads, windows
+    )
+    int8_linear.KERNEL_ROWS = 4
     if has_llama_cpp():
         for tag in LLAMA_CPP_FTYPES:
             gguf = llama_cpp_gguf(gguf_dir() / GGUF_FILE, tag)

@@ -22,9 +22,10 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got - want).norm() / want.norm())
 
 
-@pytest.mark.parametrize("rows", [1, 5, 64])
+@pytest.mark.parametrize("rows", [1, 4, 5, 64])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_int8_linear_matches_its_dequantized_weight(rows: int, with_bias: bool) -> None:
+    """Up to KERNEL_ROWS rows: the int8 kernel (bfloat16 activations); more: float32 exactly."""
     gen = torch.Generator().manual_seed(rows)
     weight, x = torch.randn(96, 80, generator=gen), torch.randn(rows, 80, generator=gen)
     bias = torch.randn(96, generator=gen) if with_bias else None
@@ -32,22 +33,24 @@ def test_int8_linear_matches_its_dequantized_weight(rows: int, with_bias: bool) 
     step = weight.abs().amax(dim=1, keepdim=True) / 127
     assert ((layer.dequantized() - weight).abs() <= step / 2 + 1e-6).all()
     exact = F.linear(x, layer.dequantized(), bias)
-    # the input rows are quantized per call too: a few tenths of a percent
-    assert relative_error(layer(x), exact) < 0.02
-    assert relative_error(layer(x), F.linear(x, weight, bias)) < 0.02
+    if rows <= int8_linear.KERNEL_ROWS:
+        assert int8_linear.int8_kernel_works()
+        assert relative_error(layer(x), exact) < 0.01  # bfloat16 rounding of the inputs
+    else:
+        torch.testing.assert_close(layer(x), exact)
+    assert relative_error(layer(x), F.linear(x, weight, bias)) < 0.01
     assert layer(x.view(1, rows, 80)).shape == (1, rows, 96)
+    assert layer(x.bfloat16()).dtype == torch.bfloat16
 
 
-def test_int8_linear_without_fbgemm_is_the_dequantized_product(
+def test_int8_linear_without_the_kernel_is_the_dequantized_product(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(int8_linear, "fbgemm_available", lambda: False)
+    monkeypatch.setattr(int8_linear, "int8_kernel_works", lambda: False)
     gen = torch.Generator().manual_seed(0)
-    weight, x = torch.randn(32, 16, generator=gen), torch.randn(3, 16, generator=gen)
+    weight, x = torch.randn(32, 16, generator=gen), torch.randn(1, 16, generator=gen)
     layer = Int8Linear(weight)
-    assert "dequantized" in repr(layer)
     torch.testing.assert_close(layer(x), F.linear(x, layer.dequantized()))
-    assert layer(x.bfloat16()).dtype == torch.bfloat16
 
 
 def int8_llm(model_dir: Path, **kwargs: object) -> LLM:
@@ -80,8 +83,8 @@ def test_int8_engine_stays_close_to_the_unquantized_model(
             abs(lp.logprob - got_pos[t].logprob) for t, lp in want_pos.items() if t in got_pos
         ]
         agree += top1(want_pos) == top1(got_pos)
-    assert agree >= 0.8 * 59
-    assert sum(diffs) / len(diffs) < 0.15
+    assert agree >= 0.9 * 59
+    assert sum(diffs) / len(diffs) < 0.05
 
 
 def top1(position: dict[int, Any]) -> int:
