@@ -150,7 +150,7 @@ def main() -> None:
     scores["pe int8 (decode kernel)"] = pe_scores(
         model_dir, "float32", "int8", args.threads, windows
     )
-    int8_linear.KERNEL_ROWS = 4
+    int8_linear.KERNEL_ROWS = 2
     if has_llama_cpp():
         for tag in LLAMA_CPP_FTYPES:
             gguf = llama_cpp_gguf(gguf_dir() / GGUF_FILE, tag)

@@ -22,7 +22,7 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got - want).norm() / want.norm())
 
 
-@pytest.mark.parametrize("rows", [1, 4, 5, 64])
+@pytest.mark.parametrize("rows", [1, 2, 3, 64])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_int8_linear_matches_its_dequantized_weight(rows: int, with_bias: bool) -> None:
     """Up to KERNEL_ROWS rows: the int8 kernel (bfloat16 activations); more: float32 exactly."""
