@@ -51,9 +51,9 @@ class Int8Linear(nn.Module):
         if rows.shape[0] <= KERNEL_ROWS and int8_kernel_works():
             y = torch.ops.aten._weight_int8pack_mm(
                 rows.to(torch.bfloat16), self.weight, self.kernel_scale
-            ).float()
+            )
             if self.bias is not None:
-                y = y + self.bias
+                y = y.float() + self.bias
         else:
             y = F.linear(rows.float(), self.dequantized(), self.bias)
         y = y.to(x.dtype)
