@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from pe_engine import LLM, SamplingParams
+from pe_engine import LLM, SamplingParams, native_kernels
 from pe_engine.attention import cpu as cpu_attention
 from pe_engine.attention.backend import AttentionMetadata, PrefillSpan, TorchAttentionBackend
 from pe_engine.attention.cpu import CpuAttentionBackend, KernelBuildError
@@ -188,7 +188,7 @@ def test_kernel_builds_into_the_cache_once(fresh_build: Path) -> None:
 def test_no_compiler_falls_back_to_the_reference(
     fresh_build: Path, tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cpu_attention.shutil, "which", lambda name: None)
+    monkeypatch.setattr(native_kernels.shutil, "which", lambda name: None)
     with pytest.raises(KernelBuildError, match="no C compiler"):
         cpu_attention._library()
     assert not cpu_attention.available()

@@ -53,6 +53,39 @@ def test_int8_linear_without_the_kernel_is_the_dequantized_product(
     torch.testing.assert_close(layer(x), F.linear(x, layer.dequantized()))
 
 
+@pytest.mark.skipif(int8_linear.vnni_kernel() is None, reason="no AVX512-VNNI kernel here")
+@pytest.mark.parametrize("rows", [1, 2])
+def test_vnni_kernel_blocks_its_inputs_like_q8_0(
+    rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decode rows take pe's VNNI kernel: inputs quantized per 32, close to the exact product
+    and as close as PyTorch's kernel (bfloat16 inputs); the same layer without it falls back."""
+    gen = torch.Generator().manual_seed(7)
+    weight, x = torch.randn(200, 576, generator=gen), torch.randn(rows, 576, generator=gen)
+    layer = Int8Linear(weight, torch.randn(200, generator=gen))
+    exact = F.linear(x, layer.dequantized(), layer.bias)
+    got = layer(x)
+    assert relative_error(got, exact) < 0.01
+    calls: list[int] = []
+    real = int8_linear.vnni_kernel()
+    monkeypatch.setattr(int8_linear, "vnni_kernel", lambda: lambda *a: calls.append(1) or real(*a))
+    layer(x)
+    assert calls == [1]
+    monkeypatch.setattr(int8_linear, "vnni_kernel", lambda: None)  # PE_INT8_KERNEL=torch
+    assert relative_error(layer(x), exact) < 0.01  # PyTorch's int8 kernel
+    assert relative_error(layer(x), got) < 0.01
+
+
+def test_vnni_kernel_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PE_INT8_KERNEL", "torch")
+    int8_linear.vnni_kernel.cache_clear()
+    try:
+        assert int8_linear.vnni_kernel() is None
+    finally:
+        monkeypatch.delenv("PE_INT8_KERNEL")
+        int8_linear.vnni_kernel.cache_clear()
+
+
 def int8_llm(model_dir: Path, **kwargs: object) -> LLM:
     return LLM(
         str(model_dir), device="cpu", max_model_len=128, num_kv_blocks=32, block_size=8,

@@ -16,31 +16,19 @@ for ``attention_backend="auto"`` on such a pool and keeps the reference otherwis
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from functools import cache
-from importlib import resources
-from pathlib import Path
 
 import torch
 
 from pe_engine.attention.backend import AttentionMetadata, TorchAttentionBackend
-from pe_engine.demo_model import cache_dir
+from pe_engine.native_kernels import KernelBuildError, build_library
 
 log = logging.getLogger("pe_engine")
 
 _SOURCE = "cpu_attention.c"
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fPIC", "-shared"]
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
-
-
-class KernelBuildError(RuntimeError):
-    """The C kernel could not be compiled or loaded here (the message says why)."""
 
 
 class CpuAttentionBackend(TorchAttentionBackend):
@@ -119,55 +107,8 @@ def _build() -> ctypes.CDLL | KernelBuildError:
 
 
 def _build_and_load() -> ctypes.CDLL:
-    source = resources.files("pe_engine.attention.kernels").joinpath(_SOURCE).read_bytes()
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        raise KernelBuildError("no C compiler (cc or gcc) on PATH")
-    path = _cache_dir() / f"cpu_attention-{_build_key(source, compiler)}.so"
-    if not path.is_file():
-        _compile(compiler, source, path)
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError as exc:
-        raise KernelBuildError(f"cannot load {path}: {exc}") from exc
+    lib = build_library("pe_engine.attention.kernels", _SOURCE, _FLAGS)
     fn = lib.pe_paged_decode_f32
     fn.restype = ctypes.c_int32
     fn.argtypes = [_PTR] * 6 + [_I64] * 7 + [ctypes.c_float, ctypes.c_int32]
     return lib
-
-
-def _cache_dir() -> Path:
-    path = cache_dir() / "kernels"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _build_key(source: bytes, compiler: str) -> str:
-    """Source, flags, compiler and CPU: ``-march=native`` code belongs to the CPU it saw."""
-    digest = hashlib.sha256(source)
-    digest.update(" ".join([compiler, *_FLAGS, platform.machine(), _cpu_flags()]).encode())
-    return digest.hexdigest()[:16]
-
-
-def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        return ""
-
-
-def _compile(compiler: str, source: bytes, path: Path) -> None:
-    """Compile into a temporary file beside ``path``, then rename: concurrent processes
-    building the same kernel each finish with a whole library."""
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        src = Path(tmp) / _SOURCE
-        src.write_bytes(source)
-        built = Path(tmp) / path.name
-        cmd = [compiler, *_FLAGS, str(src), "-o", str(built)]
-        try:
-            subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
-        except (OSError, subprocess.SubprocessError) as exc:
-            detail = getattr(exc, "stderr", "") or str(exc)
-            raise KernelBuildError(f"{' '.join(cmd)} failed: {detail.strip()[-2000:]}") from exc
-        os.replace(built, path)

@@ -1,27 +1,41 @@
-"""Weight-only int8 linears on the CPU (``quantization="int8"``).
+"""Int8 linears on the CPU (``quantization="int8"``).
 
 Each weight row (output channel) is stored as int8 with one scale, ``absmax / 127``: a quarter
 of float32's bytes, half of bfloat16's. Batch-1 decode on the CPU is bound by the bytes of
 weight a step reads (benchmarks/RESULTS.md, "Batch-1 decode breakdown"), so fewer bytes make a
-faster step. Activations are never quantized: decode rows go through PyTorch's int8-weight
-matrix-vector kernel (``aten._weight_int8pack_mm``: bfloat16 activations, the scales applied in
-the kernel); wider batches (prefill, many sequences) dequantize the weight to float32 for one
-``F.linear``, because that kernel slows down steeply with more rows.
+faster step. Decode rows (up to ``KERNEL_ROWS``) go through, in order of preference:
 
-Why not FBGEMM's dynamic int8 linear, which is faster still: it quantizes each call's input
-with one scale for all channels, and this model family's activations have outlier channels.
-Measured on SmolLM2-135M against float32 (RESULTS.md, "Int8 and bfloat16 quality"): 62% top-1
-agreement and +66% perplexity with it, against about 96% and +0.4% for these weights with
-unquantized activations (llama.cpp's q8_0, which scales each block of 32 inputs: 96%, +0.3%).
+- pe's C kernel (``kernels/int8_linear.c``, AVX512-VNNI): the input rows quantized to int8 in
+  blocks of 32 with a scale each, as llama.cpp's q8_0 does, and multiplied int8 by int8;
+- PyTorch's int8-weight matrix-vector kernel (``aten._weight_int8pack_mm``, bfloat16 inputs)
+  where that kernel cannot be built.
+
+Wider batches (prefill, many sequences) dequantize the weight to float32 for one ``F.linear``:
+both kernels read the weight once per row or so and slow down steeply with more rows.
+
+Why not FBGEMM's dynamic int8 linear, which is fast at every width: it quantizes each call's
+input with one scale for all channels, and this model family's activations have outlier
+channels. Measured on SmolLM2-135M against float32 (RESULTS.md, "Int8 and bfloat16 quality"):
+62% top-1 agreement and +66% perplexity with it, against about 95-96% and +0.4-0.6% for these
+weights with blocked or unquantized inputs (llama.cpp's q8_0: 96%, +0.3%).
 """
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import os
 from functools import cache
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pe_engine.native_kernels import KernelBuildError, build_library
+
+log = logging.getLogger("pe_engine")
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fPIC", "-shared"]
 
 # Rows up to which the int8 matrix-vector kernel runs. Measured on the 2-core Xeon against
 # bfloat16 oneDNN: 1.2-1.9x faster at one row, even at two, slower from four. A module global
@@ -48,7 +62,11 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x if x.dim() == 2 else x.reshape(-1, self.in_features)
-        if rows.shape[0] <= KERNEL_ROWS and int8_kernel_works():
+        if rows.shape[0] <= KERNEL_ROWS and self.in_features % 64 == 0 and vnni_kernel():
+            y = self._vnni(rows)
+            if x.dtype != torch.float32:
+                y = y.to(x.dtype)
+        elif rows.shape[0] <= KERNEL_ROWS and int8_kernel_works():
             y = torch.ops.aten._weight_int8pack_mm(
                 rows.to(torch.bfloat16), self.weight, self.kernel_scale
             )
@@ -59,8 +77,43 @@ class Int8Linear(nn.Module):
         y = y.to(x.dtype)
         return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
 
+    def _vnni(self, rows: torch.Tensor) -> torch.Tensor:
+        """pe's VNNI kernel: float32 rows in, float32 out."""
+        rows = rows.float().contiguous()
+        num_rows = rows.shape[0]
+        y = torch.empty(num_rows, self.out_features)
+        quantized = torch.empty(num_rows, self.in_features, dtype=torch.int8)
+        scales = torch.empty(num_rows, self.in_features // 4)
+        status = vnni_kernel()(
+            rows.data_ptr(), self.weight.data_ptr(), self.scale.data_ptr(),
+            None if self.bias is None else self.bias.data_ptr(), y.data_ptr(),
+            num_rows, self.out_features, self.in_features,
+            quantized.data_ptr(), scales.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        if status != 0:
+            raise ValueError(f"int8 kernel refused in_features={self.in_features}")
+        return y
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+@cache
+def vnni_kernel() -> Any:
+    """pe's int8 x int8 kernel (a ctypes function), or None where it does not build (no
+    compiler, no AVX512-VNNI: the file refuses to compile) or ``PE_INT8_KERNEL=torch``."""
+    if os.environ.get("PE_INT8_KERNEL") == "torch":
+        return None
+    try:
+        lib = build_library("pe_engine.models.kernels", "int8_linear.c", FLAGS)
+    except KernelBuildError as exc:
+        log.info("int8 VNNI kernel unavailable (%s); using PyTorch's int8 kernel", exc)
+        return None
+    fn = lib.pe_int8_linear
+    fn.restype = ctypes.c_int32
+    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2
+    fn.argtypes += [ctypes.c_int32]
+    return fn
 
 
 @cache
