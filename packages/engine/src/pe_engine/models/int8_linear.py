@@ -55,6 +55,8 @@ class Int8Linear(nn.Module):
         self.scale = scale  # float32, for the dequantized path
         self.kernel_scale = scale.to(torch.bfloat16)
         self.bias = None if bias is None else bias.detach().float()
+        self._scratch: tuple[torch.Tensor, torch.Tensor] | None = None  # the VNNI kernel's
+        self._pointers: tuple[int, int, int | None] = (0, 0, None)
 
     def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight the int8 values and scales stand for, as ``dtype``."""
@@ -78,17 +80,23 @@ class Int8Linear(nn.Module):
         return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
 
     def _vnni(self, rows: torch.Tensor) -> torch.Tensor:
-        """pe's VNNI kernel: float32 rows in, float32 out."""
-        rows = rows.float().contiguous()
+        """pe's VNNI kernel: float32 rows in, float32 out (a decode step makes ~120 of these
+        calls, so the scratch and the weight pointers are made once)."""
+        if rows.dtype != torch.float32 or not rows.is_contiguous():
+            rows = rows.float().contiguous()
+        if self._scratch is None:
+            self._scratch = (
+                torch.empty(KERNEL_ROWS, self.in_features, dtype=torch.int8),
+                torch.empty(KERNEL_ROWS, self.in_features // 4),
+            )
+            bias = None if self.bias is None else self.bias.data_ptr()
+            self._pointers = (self.weight.data_ptr(), self.scale.data_ptr(), bias)
+        quantized, scales = self._scratch
         num_rows = rows.shape[0]
         y = torch.empty(num_rows, self.out_features)
-        quantized = torch.empty(num_rows, self.in_features, dtype=torch.int8)
-        scales = torch.empty(num_rows, self.in_features // 4)
         status = vnni_kernel()(
-            rows.data_ptr(), self.weight.data_ptr(), self.scale.data_ptr(),
-            None if self.bias is None else self.bias.data_ptr(), y.data_ptr(),
-            num_rows, self.out_features, self.in_features,
-            quantized.data_ptr(), scales.data_ptr(), torch.get_num_threads(),
+            rows.data_ptr(), *self._pointers, y.data_ptr(), num_rows, self.out_features,
+            self.in_features, quantized.data_ptr(), scales.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
         if status != 0:
             raise ValueError(f"int8 kernel refused in_features={self.in_features}")
