@@ -84,15 +84,15 @@ class Int8Linear(nn.Module):
         calls, so the scratch and the weight pointers are made once)."""
         if rows.dtype != torch.float32 or not rows.is_contiguous():
             rows = rows.float().contiguous()
-        if self._scratch is None:
+        num_rows = rows.shape[0]
+        if self._scratch is None or self._scratch[0].shape[0] < num_rows:
             self._scratch = (
-                torch.empty(KERNEL_ROWS, self.in_features, dtype=torch.int8),
-                torch.empty(KERNEL_ROWS, self.in_features // 4),
+                torch.empty(num_rows, self.in_features, dtype=torch.int8),
+                torch.empty(num_rows, self.in_features // 4),
             )
             bias = None if self.bias is None else self.bias.data_ptr()
             self._pointers = (self.weight.data_ptr(), self.scale.data_ptr(), bias)
         quantized, scales = self._scratch
-        num_rows = rows.shape[0]
         y = torch.empty(num_rows, self.out_features)
         status = vnni_kernel()(
             rows.data_ptr(), *self._pointers, y.data_ptr(), num_rows, self.out_features,
