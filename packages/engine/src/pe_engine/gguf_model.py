@@ -25,7 +25,7 @@ from typing import Any
 GGUF_SUFFIX = ".gguf"
 GGUF_DTYPES = ("float32", "bfloat16", "float16")
 GGUF_PACKAGES = ("gguf", "accelerate")
-GGUF_INSTALL_HINT = "pip install 'gguf>=0.17' 'accelerate>=0.30'"
+GGUF_INSTALL_HINT = "pip install 'gguf>=0.17' 'accelerate>=1.1'"
 
 
 class GGUFSupportMissingError(ImportError):
