@@ -189,7 +189,9 @@ def test_vllm_dtype_names(given: str, dtype: str) -> None:
     assert ServerConfig.from_sources({"model": "m"}, {"PE_DTYPE": given}).dtype == dtype
 
 
-@pytest.mark.parametrize("argv", [["-tp", "2"], ["--ssl-keyfile", "key.pem"]], ids=" ".join)
+@pytest.mark.parametrize(
+    "argv", [["-tp", "2"], ["--ssl-keyfile", "key.pem"], ["--quantization", "awq"]], ids=" ".join
+)
 def test_cli_refusal_is_one_line_and_exit_status_2(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:

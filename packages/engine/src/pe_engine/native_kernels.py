@@ -23,12 +23,16 @@ from pathlib import Path
 
 from pe_engine.gguf_model import cache_dir
 
+# What every kernel is built with: native instructions, OpenMP threads, no errno from libm
+# (which would keep math calls out of vector loops), a shared library.
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fPIC", "-shared")
+
 
 class KernelBuildError(RuntimeError):
     """A C kernel could not be compiled or loaded here (the message says why)."""
 
 
-def build_library(package: str, source_name: str, flags: Sequence[str]) -> ctypes.CDLL:
+def build_library(package: str, source_name: str, flags: Sequence[str] = FLAGS) -> ctypes.CDLL:
     """The library of ``package``'s ``source_name``, built with ``flags`` unless cached."""
     source = resources.files(package).joinpath(source_name).read_bytes()
     compiler = shutil.which("cc") or shutil.which("gcc")

@@ -22,12 +22,12 @@ from functools import cache
 import torch
 
 from pe_engine.attention.backend import AttentionMetadata, TorchAttentionBackend
-from pe_engine.native_kernels import KernelBuildError, build_library
+from pe_engine.native_kernels import FLAGS, KernelBuildError, build_library
 
 log = logging.getLogger("pe_engine")
 
 _SOURCE = "cpu_attention.c"
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fPIC", "-shared"]
+_FLAGS = list(FLAGS)  # a module global: tests add a bad flag to see the build fail
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 
 

@@ -35,7 +35,6 @@ from torch import nn
 from pe_engine.native_kernels import KernelBuildError, build_library
 
 log = logging.getLogger("pe_engine")
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fPIC", "-shared"]
 
 # Rows up to which the int8 matrix-vector kernel runs. Measured on the 2-core Xeon against
 # bfloat16 oneDNN: 1.2-1.9x faster at one row, even at two, slower from four. A module global
@@ -55,19 +54,19 @@ class Int8Linear(nn.Module):
         self.scale = scale  # float32, for the dequantized path
         self.kernel_scale = scale.to(torch.bfloat16)
         self.bias = None if bias is None else bias.detach().float()
-        self._scratch: tuple[torch.Tensor, torch.Tensor] | None = None  # the VNNI kernel's
-        self._pointers: tuple[int, int, int | None] = (0, 0, None)
+        # the VNNI kernel's arguments that never change, and its scratch (grown on demand)
+        bias_pointer = None if self.bias is None else self.bias.data_ptr()
+        self._pointers = (self.weight.data_ptr(), self.scale.data_ptr(), bias_pointer)
+        self._scratch: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The weight the int8 values and scales stand for, as ``dtype``."""
-        return (self.weight.to(torch.float32) * self.scale[:, None]).to(dtype)
+    def dequantized(self) -> torch.Tensor:
+        """The float32 weight the int8 values and scales stand for."""
+        return self.weight.to(torch.float32) * self.scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         if rows.shape[0] <= KERNEL_ROWS and self.in_features % 64 == 0 and vnni_kernel():
             y = self._vnni(rows)
-            if x.dtype != torch.float32:
-                y = y.to(x.dtype)
         elif rows.shape[0] <= KERNEL_ROWS and int8_kernel_works():
             y = torch.ops.aten._weight_int8pack_mm(
                 rows.to(torch.bfloat16), self.weight, self.kernel_scale
@@ -90,8 +89,6 @@ class Int8Linear(nn.Module):
                 torch.empty(num_rows, self.in_features, dtype=torch.int8),
                 torch.empty(num_rows, self.in_features // 4),
             )
-            bias = None if self.bias is None else self.bias.data_ptr()
-            self._pointers = (self.weight.data_ptr(), self.scale.data_ptr(), bias)
         quantized, scales = self._scratch
         y = torch.empty(num_rows, self.out_features)
         status = vnni_kernel()(
@@ -113,7 +110,7 @@ def vnni_kernel() -> Any:
     if os.environ.get("PE_INT8_KERNEL") == "torch":
         return None
     try:
-        lib = build_library("pe_engine.models.kernels", "int8_linear.c", FLAGS)
+        lib = build_library("pe_engine.models.kernels", "int8_linear.c")
     except KernelBuildError as exc:
         log.info("int8 VNNI kernel unavailable (%s); using PyTorch's int8 kernel", exc)
         return None
