@@ -460,7 +460,7 @@ def main() -> None:
     if "vllm" in engines and not (Path(args.vllm_venv) / "bin" / "python").is_file():
         print(f"note: no vLLM virtualenv at {args.vllm_venv}; skipping vLLM", flush=True)
         engines.remove("vllm")
-    from pe_engine.demo_model import cache_dir
+    from pe_engine.gguf_model import cache_dir
 
     model_dir = build_model(args.model, cache_dir())
     spec = {

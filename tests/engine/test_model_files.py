@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pe_engine import demo_model
+from pe_engine import demo_model, gguf_model
 from pe_engine.models.random_model import build_random_model
 
 
@@ -80,14 +80,14 @@ def test_cache_is_built_once_and_atomically(
         raise RuntimeError("conversion failed")
 
     with pytest.raises(RuntimeError):
-        demo_model._cached("thing", failing)
+        gguf_model.build_once("thing", failing)
     assert list(tmp_path.iterdir()) == []  # no half-written directory left behind
 
     def build(out: Path) -> None:
         calls.append(out)
         (out / "done").write_text("ok")
 
-    first = demo_model._cached("thing", build)
-    second = demo_model._cached("thing", build)
+    first = gguf_model.build_once("thing", build)
+    second = gguf_model.build_once("thing", build)
     assert first == second == tmp_path / "thing"
     assert (first / "done").read_text() == "ok" and len(calls) == 1

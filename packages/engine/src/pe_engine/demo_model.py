@@ -15,7 +15,6 @@ from pathlib import Path
 from pe_engine.gguf_model import (
     GGUF_DTYPES,
     build_once,
-    cache_dir,
     convert_gguf_model,
     convert_gguf_tokenizer,
     ensure_gguf_model,
@@ -25,7 +24,6 @@ from pe_engine.gguf_model import (
 __all__ = [
     "DEMO_NAMES",
     "DemoModelUnavailableError",
-    "cache_dir",
     "ensure_demo_model",
     "gguf_dir",
     "is_available",
@@ -40,7 +38,6 @@ DEMO_NAMES = frozenset(
     {"demo", "SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", "smollm2"}
 )
 DEMO_DTYPES = GGUF_DTYPES
-_cached = build_once  # the name earlier callers use
 
 
 class DemoModelUnavailableError(RuntimeError):
