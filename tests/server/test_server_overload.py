@@ -100,8 +100,9 @@ async def one_worker(
             events = [line async for line in response.content if line.startswith(b"data: ")]
         if not events or events[-1].strip() != b"data: [DONE]":
             out.failures.append("stream ended without [DONE]")
-        elif any(b'"error"' in e for e in events):
-            out.failures.append("stream carried an error event")
+        elif errors := [e for e in events[:-1] if "error" in json.loads(e[len(b"data: ") :])]:
+            # parsed, not searched: a sampled delta's text may be the token "error" itself
+            out.failures.append(f"stream carried an error event: {errors[0][:300]!r}")
         else:
             out.num_completed += 1
             out.num_tokens += len(events) - 1
