@@ -3,6 +3,7 @@ leave it usable."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,8 @@ PROMPT = "Stop conditions are tested on this prompt"
 
 
 @pytest.fixture(scope="module")
-def llm(tiny_llama_dir: Path) -> LLM:
-    return LLM(
-        str(tiny_llama_dir), dtype="float32", device="cpu", enable_prompt_embeds=True,
-        max_model_len=64, num_kv_blocks=32, block_size=8,
-    )  # fmt: skip
+def llm(build_llm: Callable[..., LLM]) -> LLM:
+    return build_llm(max_model_len=64, num_kv_blocks=32)
 
 
 @pytest.fixture(scope="module")
