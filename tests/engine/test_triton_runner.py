@@ -42,7 +42,7 @@ class EagerDecodeGraphs(DecodeGraphs):
         self.replayed.append(metadata.num_decode_tokens)
         batch_size = self.stage(input_ids, positions, metadata)
         static = self.static_metadata(batch_size)
-        self.backend.prepare(static)
+        self.loaded.backend.prepare(static)
         self.run(batch_size, static)
         return self.hidden[: metadata.num_decode_tokens]
 
@@ -106,11 +106,7 @@ def test_padded_graph_decode_matches_the_torch_backend(tiny_qwen3_dir: Path) -> 
     """Qwen3 only (GQA, head_dim 32, q/k norms): the interpreter is slow."""
     llm = _llm(tiny_qwen3_dir, "triton")
     runner = llm.engine.runner
-    graphs = EagerDecodeGraphs(
-        runner.model, runner.backend, max_num_seqs=6, max_model_len=runner.max_model_len,
-        block_size=runner.block_size, hidden_size=runner.hidden_size, dtype=runner.dtype,
-        device=runner.device,
-    )  # fmt: skip
+    graphs = EagerDecodeGraphs(runner.loaded, max_num_seqs=6, max_model_len=runner.max_model_len)
     graphs.capture()
     runner.decode_graphs = graphs
     prompts, expected = reference(tiny_qwen3_dir)

@@ -8,10 +8,14 @@ static buffers and replays the smallest captured size ``>= n``. Padded rows writ
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
-from pe_engine.attention.backend import AttentionBackend, AttentionMetadata
+import torch
+
+from pe_engine.attention.backend import AttentionMetadata
+
+if TYPE_CHECKING:
+    from pe_engine.models.batch import LoadedModel
 
 
 def graph_batch_sizes(max_num_seqs: int) -> list[int]:
@@ -24,36 +28,24 @@ def graph_batch_sizes(max_num_seqs: int) -> list[int]:
 class DecodeGraphs:
     """Static decode inputs and outputs plus, after :meth:`capture`, one graph per batch size.
 
-    ``model(positions, metadata, input_ids=...)`` must return ``[rows, hidden]`` and run no
+    ``loaded.model(positions, metadata, input_ids=...)`` must return ``[rows, hidden]`` and run no
     host synchronisation on the decode path (the Triton backend does not; its decode grid
     depends only on the batch size and ``max_model_len``).
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        backend: AttentionBackend,
-        *,
-        max_num_seqs: int,
-        max_model_len: int,
-        block_size: int,
-        hidden_size: int,
-        dtype: torch.dtype,
-        device: torch.device,
-    ) -> None:
-        self.model = model
-        self.backend = backend
-        self.block_size = block_size
+    def __init__(self, loaded: LoadedModel, *, max_num_seqs: int, max_model_len: int) -> None:
+        self.loaded = loaded
         self.max_model_len = max_model_len
         self.batch_sizes = graph_batch_sizes(max_num_seqs)
         rows = self.batch_sizes[-1]
-        max_blocks = -(-max_model_len // block_size)
+        max_blocks = -(-max_model_len // loaded.block_size)
+        device = loaded.device
         self.input_ids = torch.zeros(rows, dtype=torch.long, device=device)
         self.positions = torch.zeros(rows, dtype=torch.long, device=device)
         self.slot_mapping = torch.full((rows,), -1, dtype=torch.long, device=device)
         self.context_lens = torch.zeros(rows, dtype=torch.long, device=device)
         self.block_tables = torch.zeros(rows, max_blocks, dtype=torch.long, device=device)
-        self.hidden = torch.empty(rows, hidden_size, dtype=dtype, device=device)
+        self.hidden = torch.empty(rows, loaded.hidden_size, dtype=loaded.dtype, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
 
     @property
@@ -75,7 +67,7 @@ class DecodeGraphs:
         pool = None
         for batch_size in reversed(self.batch_sizes):
             metadata = self.static_metadata(batch_size)
-            self.backend.prepare(metadata)
+            self.loaded.backend.prepare(metadata)
             self.run(batch_size, metadata)  # warm-up: kernels compile and autotune outside
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool):
@@ -113,13 +105,13 @@ class DecodeGraphs:
     def run(self, batch_size: int, metadata: AttentionMetadata) -> None:
         """The forward a graph records: static inputs of ``batch_size`` rows -> ``hidden``."""
         positions, input_ids = self.positions[:batch_size], self.input_ids[:batch_size]
-        hidden = self.model(positions, metadata, input_ids=input_ids)
+        hidden = self.loaded.model(positions, metadata, input_ids=input_ids)
         self.hidden[:batch_size] = hidden
 
     def static_metadata(self, batch_size: int) -> AttentionMetadata:
         """Decode metadata over the static buffers; the longest context sizes the kernels."""
         return AttentionMetadata(
-            block_size=self.block_size,
+            block_size=self.loaded.block_size,
             slot_mapping=self.slot_mapping[:batch_size],
             num_decode_tokens=batch_size,
             decode_block_tables=self.block_tables[:batch_size],

@@ -26,6 +26,23 @@ class Batch:
     entry_rows: list[int]  # first batch row of each entry of `scheduled`
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """The model with what every builder of its inputs or KV pool needs alongside it: its
+    attention backend, the KV block size and the dtype and device it runs in. The runner
+    builds it once; the batch preparer, the decode graphs and the KV pool take it whole."""
+
+    model: LlamaForCausalLM
+    backend: AttentionBackend
+    block_size: int
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.args.hidden_size
+
+
 def to_device(data: list[Any], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The one host-to-device path for batch inputs."""
     tensor = torch.tensor(data, dtype=dtype)
@@ -35,31 +52,17 @@ def to_device(data: list[Any], dtype: torch.dtype, device: torch.device) -> torc
 
 
 class BatchPreparer:
-    """Turns ``[(seq, num_new_tokens), ...]`` into a :class:`Batch` for ``model``."""
+    """Turns ``[(seq, num_new_tokens), ...]`` into a :class:`Batch` for ``loaded.model``."""
 
-    def __init__(
-        self,
-        model: LlamaForCausalLM,
-        backend: AttentionBackend,
-        *,
-        block_size: int,
-        hidden_size: int,
-        dtype: torch.dtype,
-        device: torch.device,
-    ) -> None:
-        self.model = model
-        self.backend = backend
-        self.block_size = block_size
-        self.hidden_size = hidden_size
-        self.dtype = dtype
-        self.device = device
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
 
     def _to_device(self, data: list[Any], dtype: torch.dtype) -> torch.Tensor:
-        return to_device(data, dtype, self.device)
+        return to_device(data, dtype, self.loaded.device)
 
     def prepare(self, scheduled: list[tuple[Sequence, int]]) -> Batch:
         """Flatten the batch (decodes first, then prefill chunks) into lists, copy once each."""
-        bs = self.block_size
+        bs = self.loaded.block_size
         order = sorted(range(len(scheduled)), key=lambda i: scheduled[i][1] > 1)
         input_ids: list[int] = []
         positions: list[int] = []
@@ -132,7 +135,7 @@ class BatchPreparer:
             PrefillSpan(row, n, computed, flat_tables[t0:t1]) for row, n, computed, t0, t1 in spans
         ]
         metadata = AttentionMetadata(
-            block_size=self.block_size,
+            block_size=self.loaded.block_size,
             slot_mapping=self._to_device(slot_mapping, torch.long),
             num_decode_tokens=num_decode,
             decode_block_tables=tables,
@@ -140,7 +143,7 @@ class BatchPreparer:
             decode_max_context_len=max(decode_lens, default=0),
             prefills=prefills,
         )
-        self.backend.prepare(metadata)
+        self.loaded.backend.prepare(metadata)
         return metadata
 
     def _prepare_inputs(
@@ -154,16 +157,17 @@ class BatchPreparer:
         for row in embed_rows:
             is_embed[row] = 1
         token_rows = [i for i, flag in enumerate(is_embed) if not flag]
+        loaded = self.loaded
         inputs_embeds = torch.empty(
-            len(input_ids), self.hidden_size, dtype=self.dtype, device=self.device
+            len(input_ids), loaded.hidden_size, dtype=loaded.dtype, device=loaded.device
         )
         if token_rows:
             ids = self._to_device([input_ids[i] for i in token_rows], torch.long)
-            inputs_embeds[self._to_device(token_rows, torch.long)] = self.model.embed_tokens(ids)
+            inputs_embeds[self._to_device(token_rows, torch.long)] = loaded.model.embed_tokens(ids)
         user_rows = torch.cat(embeds)
-        if self.device.type == "cuda":  # one asynchronous copy per chunk, cast on the device
-            user_rows = user_rows.pin_memory().to(self.device, non_blocking=True)
-        user_rows = user_rows.to(self.dtype)
+        if loaded.device.type == "cuda":  # one asynchronous copy per chunk, cast on the device
+            user_rows = user_rows.pin_memory().to(loaded.device, non_blocking=True)
+        user_rows = user_rows.to(loaded.dtype)
         inputs_embeds[self._to_device(embed_rows, torch.long)] = user_rows
         return None, inputs_embeds
 

@@ -5,32 +5,25 @@ from __future__ import annotations
 
 import torch
 
-from pe_engine.attention.backend import AttentionBackend
 from pe_engine.config import DEFAULT_CPU_KV_CACHE_MEMORY, EngineConfig
-from pe_engine.models.llama import LlamaArgs, LlamaForCausalLM
+from pe_engine.models.batch import LoadedModel
 
 
-def bytes_per_block(args: LlamaArgs, block_size: int, dtype: torch.dtype) -> int:
+def bytes_per_block(loaded: LoadedModel) -> int:
     """K and V of ``block_size`` positions in every layer."""
-    elements = 2 * args.num_layers * block_size * args.num_kv_heads * args.head_dim
-    return elements * torch.empty(0, dtype=dtype).element_size()
+    args = loaded.model.args
+    elements = 2 * args.num_layers * loaded.block_size * args.num_kv_heads * args.head_dim
+    return elements * torch.empty(0, dtype=loaded.dtype).element_size()
 
 
-def num_kv_blocks(
-    config: EngineConfig,
-    model: LlamaForCausalLM,
-    backend: AttentionBackend,
-    *,
-    block_bytes: int,
-    device: torch.device,
-) -> int:
+def num_kv_blocks(config: EngineConfig, loaded: LoadedModel, *, block_bytes: int) -> int:
     """``num_kv_blocks`` if set, else as many blocks of ``block_bytes`` as ``kv_cache_memory``
     holds (on CUDA without it: what profiling leaves, on the CPU: the default budget)."""
     if config.num_kv_blocks is not None:
         return config.num_kv_blocks
     memory = config.kv_cache_memory
-    if memory is None and device.type == "cuda":
-        memory = _profile_kv_cache_memory(config, model, backend, block_bytes, device)
+    if memory is None and loaded.device.type == "cuda":
+        memory = _profile_kv_cache_memory(config, loaded, block_bytes)
     memory = memory or DEFAULT_CPU_KV_CACHE_MEMORY
     num_blocks = memory // block_bytes
     if num_blocks < 1:
@@ -41,23 +34,17 @@ def num_kv_blocks(
     return num_blocks
 
 
-def _profile_kv_cache_memory(
-    config: EngineConfig,
-    model: LlamaForCausalLM,
-    backend: AttentionBackend,
-    block_bytes: int,
-    device: torch.device,
-) -> int:
+def _profile_kv_cache_memory(config: EngineConfig, loaded: LoadedModel, block_bytes: int) -> int:
     from pe_engine.cuda.memory import kv_cache_memory
 
     memory = kv_cache_memory(
-        model,
-        backend,
+        loaded.model,
+        loaded.backend,
         gpu_memory_utilization=config.gpu_memory_utilization,
         max_num_batched_tokens=config.max_num_batched_tokens,
         max_num_seqs=config.max_num_seqs,
-        block_size=config.block_size,
-        device=device,
+        block_size=loaded.block_size,
+        device=loaded.device,
     )
     if memory < block_bytes:
         raise ValueError(
@@ -68,21 +55,14 @@ def _profile_kv_cache_memory(
     return memory
 
 
-def allocate_kv_cache(
-    model: LlamaForCausalLM,
-    num_blocks: int,
-    *,
-    block_size: int,
-    dtype: torch.dtype,
-    device: torch.device,
-) -> torch.Tensor:
+def allocate_kv_cache(loaded: LoadedModel, num_blocks: int) -> torch.Tensor:
     """One ``[layers, 2, kv_heads, blocks, block_size, head_dim]`` pool; each attention layer
     gets its slice."""
-    a = model.args
-    shape = (a.num_layers, 2, a.num_kv_heads, num_blocks, block_size, a.head_dim)
+    model, a = loaded.model, loaded.model.args
+    shape = (a.num_layers, 2, a.num_kv_heads, num_blocks, loaded.block_size, a.head_dim)
     # Attention reads written slots only (decode padding re-reads a sequence's last slot),
     # so the pool needs no zero fill, which would commit all its pages up front.
-    kv_cache = torch.empty(shape, dtype=dtype, device=device)
+    kv_cache = torch.empty(shape, dtype=loaded.dtype, device=loaded.device)
     for layer, layer_cache in zip(model.layers, kv_cache, strict=True):
         layer.self_attn.kv_cache = layer_cache
     return kv_cache

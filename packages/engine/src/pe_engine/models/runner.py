@@ -13,7 +13,7 @@ from pe_engine.attention import cpu as cpu_attention
 from pe_engine.attention.backend import AttentionBackend, TorchAttentionBackend
 from pe_engine.config import EngineConfig
 from pe_engine.core.sequence import Sequence
-from pe_engine.models.batch import Batch, BatchPreparer, to_device
+from pe_engine.models.batch import Batch, BatchPreparer, LoadedModel, to_device
 from pe_engine.models.eos import eos_token_ids as model_eos_token_ids
 from pe_engine.models.kernel_threads import configure_threads
 from pe_engine.models.kv_cache import allocate_kv_cache, bytes_per_block, num_kv_blocks
@@ -65,30 +65,16 @@ class ModelRunner:
             backend=self.backend,
             max_positions=self.max_model_len,
         )
-        args = self.model.args
-        self.hidden_size = args.hidden_size
-        self.vocab_size = args.vocab_size
+        loaded = LoadedModel(self.model, self.backend, self.block_size, self.dtype, self.device)
+        self.loaded = loaded
+        self.hidden_size = loaded.hidden_size
+        self.vocab_size = self.model.args.vocab_size
         self._quantize()
         self._pack_cpu_linears()
-        self.bytes_per_block = bytes_per_block(args, self.block_size, self.dtype)
-        self.num_kv_blocks = num_kv_blocks(
-            config, self.model, self.backend, block_bytes=self.bytes_per_block, device=self.device
-        )
-        self.kv_cache = allocate_kv_cache(
-            self.model,
-            self.num_kv_blocks,
-            block_size=self.block_size,
-            dtype=self.dtype,
-            device=self.device,
-        )
-        self.inputs = BatchPreparer(
-            self.model,
-            self.backend,
-            block_size=self.block_size,
-            hidden_size=self.hidden_size,
-            dtype=self.dtype,
-            device=self.device,
-        )
+        self.bytes_per_block = bytes_per_block(loaded)
+        self.num_kv_blocks = num_kv_blocks(config, loaded, block_bytes=self.bytes_per_block)
+        self.kv_cache = allocate_kv_cache(loaded, self.num_kv_blocks)
+        self.inputs = BatchPreparer(loaded)
         self.decode_graphs = self._capture_decode_graphs()
         if eos_token_ids is None:
             eos_token_ids = model_eos_token_ids(config.model_dir, self.hf_config)
@@ -142,14 +128,7 @@ class ModelRunner:
         from pe_engine.cuda.graphs import DecodeGraphs
 
         graphs = DecodeGraphs(
-            self.model,
-            self.backend,
-            max_num_seqs=self.config.max_num_seqs,
-            max_model_len=self.max_model_len,
-            block_size=self.block_size,
-            hidden_size=self.hidden_size,
-            dtype=self.dtype,
-            device=self.device,
+            self.loaded, max_num_seqs=self.config.max_num_seqs, max_model_len=self.max_model_len
         )
         graphs.capture()
         return graphs
