@@ -88,16 +88,13 @@ def question(embedder: Embedder, *, as_embeds: bool = True) -> list[dict[str, An
     return [{"role": "user", "content": [{"type": "text", "text": "Read:"}, content]}]
 
 
+# What every request asks unless its test overrides it: greedy, at most 80 tokens, both tools.
+ASK_DEFAULTS = {"max_tokens": 80, "temperature": 0, "tools": TOOLS}
+
+
 def ask(client: Any, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
-    options = {
-        "model": MODEL,
-        "messages": messages,
-        "max_tokens": 80,
-        "temperature": 0,
-        "tools": TOOLS,
-        **kwargs,
-    }
-    return client.chat.completions.create(**options)
+    options = {**ASK_DEFAULTS, **kwargs}
+    return client.chat.completions.create(model=MODEL, messages=messages, **options)
 
 
 def check_call(call: Any) -> None:
