@@ -34,7 +34,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,22 @@ MODES = ("free", "json", "full", "long")
 
 
 @dataclass
+class Timing:
+    """The time spent in one wrapped method, and the number of calls it took."""
+
+    seconds: float = 0.0
+    calls: int = 0
+
+    def add(self, seconds: float) -> None:
+        self.seconds += seconds
+        self.calls += 1
+
+    @property
+    def us_per_call(self) -> float:
+        return self.seconds / self.calls * 1e6
+
+
+@dataclass
 class Run:
     """One ``generate`` call: a batch size under one mode."""
 
@@ -98,10 +114,8 @@ class Run:
     output_tokens: int
     seconds: float
     num_steps: int
-    mask_s: float = 0.0
-    mask_calls: int = 0
-    accept_s: float = 0.0
-    accept_calls: int = 0
+    mask: Timing = field(default_factory=Timing)
+    accept: Timing = field(default_factory=Timing)
     num_finished_stop: int = 0
     num_valid_json: int = 0
 
@@ -129,12 +143,12 @@ class GrammarTimer:
     wrapping the engine's classes in this process (the sampler looks them up per call)."""
 
     def __init__(self) -> None:
-        self.mask_s = self.accept_s = 0.0
-        self.mask_calls = self.accept_calls = 0
+        self.mask = Timing()  # GrammarMasker.apply: llguidance fills the bitmask, torch applies it
+        self.accept = Timing()  # GrammarMatcher.accept: the matcher advanced by one token
 
     def reset(self) -> None:
-        self.mask_s = self.accept_s = 0.0
-        self.mask_calls = self.accept_calls = 0
+        """Start new totals; a Run keeps the ones it was handed."""
+        self.mask, self.accept = Timing(), Timing()
 
     @contextmanager
     def installed(self) -> Iterator[GrammarTimer]:
@@ -151,14 +165,15 @@ class GrammarTimer:
             GrammarMatcher.accept = accept  # type: ignore[method-assign]
 
     def _timed(self, method: Callable[..., Any], name: str) -> Callable[..., Any]:
+        """``method`` adding its time to the Timing named ``name`` at the time of the call."""
+
         def timed(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
             try:
                 return method(*args, **kwargs)
             finally:
-                elapsed = time.perf_counter() - start
-                setattr(self, f"{name}_s", getattr(self, f"{name}_s") + elapsed)
-                setattr(self, f"{name}_calls", getattr(self, f"{name}_calls") + 1)
+                timing: Timing = getattr(self, name)
+                timing.add(time.perf_counter() - start)
 
         return timed
 
@@ -216,10 +231,8 @@ def run_once(llm: Any, batch: int, mode: str, max_tokens: int, timer: GrammarTim
         output_tokens=sum(len(c.token_ids) for c in completions),
         seconds=seconds,
         num_steps=llm.engine.num_steps - steps_before,
-        mask_s=timer.mask_s,
-        mask_calls=timer.mask_calls,
-        accept_s=timer.accept_s,
-        accept_calls=timer.accept_calls,
+        mask=timer.mask,
+        accept=timer.accept,
         num_finished_stop=sum(c.finish_reason == "stop" for c in completions),
         num_valid_json=sum(is_valid_json(c.text) for c in completions),
     )
@@ -230,10 +243,8 @@ def median_row(runs: list[Run]) -> Row:
         return float(statistics.median(values))
 
     first = runs[0]
-    mask_calls, accept_calls = (
-        med([r.mask_calls for r in runs]),
-        med([r.accept_calls for r in runs]),
-    )
+    mask_calls = med([r.mask.calls for r in runs])
+    accept_calls = med([r.accept.calls for r in runs])
     return Row(
         batch=first.batch,
         mode=first.mode,
@@ -242,11 +253,9 @@ def median_row(runs: list[Run]) -> Row:
         tokens_per_s=med([r.output_tokens / r.seconds for r in runs]),
         num_steps=int(med([r.num_steps for r in runs])),
         step_ms=med([r.seconds / r.num_steps * 1e3 for r in runs]),
-        mask_us_per_step=med([r.mask_s / r.mask_calls * 1e6 for r in runs]) if mask_calls else None,
-        accept_us_per_token=(
-            med([r.accept_s / r.accept_calls * 1e6 for r in runs]) if accept_calls else None
-        ),
-        mask_share=med([r.mask_s / r.seconds for r in runs]) if mask_calls else None,
+        mask_us_per_step=med([r.mask.us_per_call for r in runs]) if mask_calls else None,
+        accept_us_per_token=med([r.accept.us_per_call for r in runs]) if accept_calls else None,
+        mask_share=med([r.mask.seconds / r.seconds for r in runs]) if mask_calls else None,
         num_finished_stop=first.num_finished_stop,
         num_valid_json=first.num_valid_json,
     )
