@@ -13,23 +13,28 @@ REBUILD_SPARSE = ("torch._utils", "_rebuild_sparse_tensor")
 GET_LAYOUT = ("torch.serialization", "_get_layout")
 TORCH_SIZE = ("torch", "Size")
 ORDERED_DICT = ("collections", "OrderedDict")
-# Storage classes -> dtype names; only the float ones may hold embeddings, the integer ones
+# torch's storage classes -> dtype names. Only the float ones may hold embeddings; the others
 # hold a sparse tensor's indices or are reported as "not a floating-point type".
-_STORAGE_DTYPES = {
-    ("torch", "FloatStorage"): "float32",
-    ("torch", "HalfStorage"): "float16",
-    ("torch", "BFloat16Storage"): "bfloat16",
-    ("torch", "DoubleStorage"): "float64",
-    ("torch", "LongStorage"): "int64",
-    ("torch", "IntStorage"): "int32",
-    ("torch", "ShortStorage"): "int16",
-    ("torch", "CharStorage"): "int8",
-    ("torch", "ByteStorage"): "uint8",
-    ("torch", "BoolStorage"): "bool",
-    ("torch", "ComplexFloatStorage"): "complex64",
-    ("torch", "ComplexDoubleStorage"): "complex128",
+_FLOAT_STORAGES = {
+    "FloatStorage": "float32",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+    "DoubleStorage": "float64",
 }
-FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+_OTHER_STORAGES = {
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
+    "ComplexFloatStorage": "complex64",
+    "ComplexDoubleStorage": "complex128",
+}
+_STORAGE_DTYPES = {
+    ("torch", name): dtype for name, dtype in (_FLOAT_STORAGES | _OTHER_STORAGES).items()
+}
+FLOAT_DTYPES = tuple(_FLOAT_STORAGES.values())
 _SPARSE_LAYOUTS = {"torch.sparse_coo": "coo", "torch.sparse_csr": "csr", "torch.sparse_csc": "csc"}
 _OLD_LAYOUT_GLOBALS = {("torch._utils", "_rebuild_sparse_csr_tensor")}
 _KIND_GLOBALS = {
