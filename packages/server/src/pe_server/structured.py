@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pe_server.errors import APIError
 
 if TYPE_CHECKING:
-    from pe_common.protocol import ChatCompletionRequest, CompletionRequest
+    from pe_common.protocol.common import GenerateFields
     from pe_engine.sampling_params import SamplingParams, StructuredOutputsParams
     from pe_server.config import StructuredOutputsConfig
     from pe_server.state import ServerState
@@ -53,9 +53,7 @@ def invalid(message: str, param: str, code: str = "invalid_parameter") -> APIErr
     return APIError.bad_request(message, code=code, param=param)
 
 
-def request_constraint(
-    req: CompletionRequest | ChatCompletionRequest, defaults: StructuredOutputsConfig
-) -> Constraint | None:
+def request_constraint(req: GenerateFields, defaults: StructuredOutputsConfig) -> Constraint | None:
     """The one constraint of ``req``, or None; a 400 for a bad or doubled one. ``defaults``:
     the server's (``--structured-outputs-config``), under the request's own options."""
     sources = (_from_response_format, _from_object, _from_guided)
@@ -85,7 +83,7 @@ def make_params(
 
 
 def _from_response_format(
-    req: CompletionRequest | ChatCompletionRequest, defaults: StructuredOutputsConfig
+    req: GenerateFields, defaults: StructuredOutputsConfig
 ) -> Constraint | None:
     fmt = req.response_format
     if fmt is None:
@@ -122,9 +120,7 @@ def _from_response_format(
     )
 
 
-def _from_object(
-    req: CompletionRequest | ChatCompletionRequest, defaults: StructuredOutputsConfig
-) -> Constraint | None:
+def _from_object(req: GenerateFields, defaults: StructuredOutputsConfig) -> Constraint | None:
     spec = req.structured_outputs
     if spec is None:
         return None
@@ -152,9 +148,7 @@ def _from_object(
     return make_params(fields, f"structured_outputs.{kind}", defaults)
 
 
-def _from_guided(
-    req: CompletionRequest | ChatCompletionRequest, defaults: StructuredOutputsConfig
-) -> Constraint | None:
+def _from_guided(req: GenerateFields, defaults: StructuredOutputsConfig) -> Constraint | None:
     given = [name for name in _GUIDED if getattr(req, name) is not None]
     if not given:
         if req.guided_whitespace_pattern is not None:
