@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pe_common.codec import EmbedsLimits, decode_prompt_embeds
@@ -118,15 +118,11 @@ class ChatOptions:
 
     @classmethod
     def of(cls, req: Any, tools: list[dict[str, Any]] | None = None) -> ChatOptions:
-        """``tools``: what the template shows (the request's, unless the server leaves them
-        out for tool_choice "none")."""
-        return cls(
-            chat_template=req.chat_template,
-            add_generation_prompt=req.add_generation_prompt,
-            continue_final_message=req.continue_final_message,
-            chat_template_kwargs=req.chat_template_kwargs,
-            tools=tools,
-        )
+        """Every field but ``tools`` is the request's of the same name; ``tools``: what the
+        template shows (the request's, unless the server leaves them out for tool_choice
+        "none")."""
+        same_names = {f.name: getattr(req, f.name) for f in fields(cls) if f.name != "tools"}
+        return cls(**same_names, tools=tools)
 
 
 class PromptBuilder:
