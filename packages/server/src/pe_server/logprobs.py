@@ -5,14 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from pe_common.protocol import (
-    ChatCompletionLogprobs,
-    ChatCompletionTokenLogprob,
-    CompletionLogprobs,
-    PromptLogprob,
-    PromptLogprobs,
-    TopLogprob,
-)
+from pe_common.protocol import logprobs as wire
 
 if TYPE_CHECKING:
     from pe_engine.outputs import Logprob, RequestOutput
@@ -42,7 +35,7 @@ def completion_logprobs(
     num_top: int,
     tokenizer: Any,
     initial_offset: int = 0,
-) -> CompletionLogprobs:
+) -> wire.CompletionLogprobs:
     """``tokens``, ``token_logprobs``, ``top_logprobs`` (the sampled token plus the top
     ``num_top``, at most ``num_top + 1`` entries) and ``text_offset``. A None step (an echoed
     prompt's first token) has a null logprob and null top entries, as in vLLM."""
@@ -69,7 +62,7 @@ def completion_logprobs(
                 break
             top.setdefault(token_text(tid, lp, tokenizer), clamp(lp.logprob))
         top_logprobs.append(top)
-    return CompletionLogprobs(
+    return wire.CompletionLogprobs(
         text_offset=text_offset,
         token_logprobs=token_logprobs,
         tokens=tokens,
@@ -82,14 +75,14 @@ def chat_logprobs(
     steps: Sequence[dict[int, Logprob]],
     num_top: int,
     tokenizer: Any,
-) -> ChatCompletionLogprobs:
+) -> wire.ChatCompletionLogprobs:
     """One entry per generated token, each with the ``num_top`` most likely alternatives."""
     content = []
     for token_id, step in zip(token_ids, steps, strict=True):
         sampled = step.get(token_id)
         text = token_text(token_id, sampled, tokenizer)
         top = [
-            TopLogprob(
+            wire.TopLogprob(
                 token=(piece := token_text(tid, lp, tokenizer)),
                 logprob=clamp(lp.logprob),
                 bytes=list(piece.encode("utf-8")),
@@ -97,17 +90,17 @@ def chat_logprobs(
             for tid, lp in ranked(step)[:num_top]
         ]
         content.append(
-            ChatCompletionTokenLogprob(
+            wire.ChatCompletionTokenLogprob(
                 token=text,
                 logprob=clamp(sampled.logprob) if sampled is not None else MIN_LOGPROB,
                 bytes=list(text.encode("utf-8")),
                 top_logprobs=top,
             )
         )
-    return ChatCompletionLogprobs(content=content)
+    return wire.ChatCompletionLogprobs(content=content)
 
 
-def wire_prompt_logprobs(output: RequestOutput) -> PromptLogprobs | None:
+def wire_prompt_logprobs(output: RequestOutput) -> wire.PromptLogprobs | None:
     """vLLM's ``prompt_logprobs``: per prompt position the prompt token and the top entries,
     keyed by token id; None at the first position and at embedding rows."""
     if output.prompt_logprobs is None:
@@ -116,7 +109,7 @@ def wire_prompt_logprobs(output: RequestOutput) -> PromptLogprobs | None:
         None
         if step is None
         else {
-            token_id: PromptLogprob(
+            token_id: wire.PromptLogprob(
                 logprob=clamp(lp.logprob), rank=lp.rank, decoded_token=lp.decoded_token
             )
             for token_id, lp in step.items()

@@ -8,16 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from pe_common.protocol import (
-    ChatCompletionChoice,
-    ChatCompletionChunkChoice,
-    ChatCompletionMessage,
-    ChatCompletionRequest,
-    ChatCompletionResponse,
-    ChatCompletionStreamResponse,
-    DeltaMessage,
-    decode_chat_request,
-)
+from pe_common import protocol as wire
 from pe_server.errors import APIError
 from pe_server.logprobs import chat_logprobs, wire_prompt_logprobs
 from pe_server.request_builder import ChatOptions
@@ -41,14 +32,14 @@ routes = web.RouteTableDef()
 class ChatJob(GenerationJob):
     """A validated chat request (one prompt), ready to run."""
 
-    chunk_type = ChatCompletionStreamResponse
+    chunk_type = wire.ChatCompletionStreamResponse
 
-    req: ChatCompletionRequest
+    req: wire.ChatCompletionRequest
     tools: ToolPlan = field(default_factory=lambda: ToolPlan("none"))
 
-    def response(self, finals: list[RequestOutput], tokenizer: Any) -> ChatCompletionResponse:
+    def response(self, finals: list[RequestOutput], tokenizer: Any) -> wire.ChatCompletionResponse:
         (final,) = finals
-        return ChatCompletionResponse(
+        return wire.ChatCompletionResponse(
             id=self.response_id,
             created=self.created,
             model=self.model,
@@ -62,14 +53,14 @@ class ChatJob(GenerationJob):
             else None,
         )
 
-    def _choice(self, out: CompletionOutput, tokenizer: Any) -> ChatCompletionChoice:
+    def _choice(self, out: CompletionOutput, tokenizer: Any) -> wire.ChatCompletionChoice:
         logprobs = None
         if self.params.logprobs is not None and out.logprobs is not None:
             logprobs = chat_logprobs(out.token_ids, out.logprobs, self.params.logprobs, tokenizer)
         content, calls = self.tools.extract(out.text)
-        return ChatCompletionChoice(
+        return wire.ChatCompletionChoice(
             index=out.index,
-            message=ChatCompletionMessage(content=content, tool_calls=calls),
+            message=wire.ChatCompletionMessage(content=content, tool_calls=calls),
             logprobs=logprobs,
             finish_reason=self.tools.finish_reason(out.finish_reason, bool(calls)),
             stop_reason=out.stop_reason,
@@ -83,14 +74,14 @@ class ChatJob(GenerationJob):
 @routes.post("/v1/chat/completions")
 @GENERATION
 async def create_chat_completion(request: web.Request) -> web.StreamResponse:
-    return await run_job(request, decode_chat_request, prepare)
+    return await run_job(request, wire.decode_chat_request, prepare)
 
 
-def requested_logprobs(req: ChatCompletionRequest) -> int | None:
+def requested_logprobs(req: wire.ChatCompletionRequest) -> int | None:
     return (req.top_logprobs or 0) if req.logprobs else None
 
 
-async def prepare(intake: Intake[ChatCompletionRequest], request_id: str) -> ChatJob:
+async def prepare(intake: Intake[wire.ChatCompletionRequest], request_id: str) -> ChatJob:
     state, req, model, builder = intake.state, intake.req, intake.model, intake.builder
     tools = ToolPlan.of(req, state.config)
     options = ChatOptions.of(req, tools.tools)
@@ -125,7 +116,7 @@ async def prepare(intake: Intake[ChatCompletionRequest], request_id: str) -> Cha
     )
 
 
-def chat_constraint(state: ServerState, req: ChatCompletionRequest, tools: ToolPlan) -> Any:
+def chat_constraint(state: ServerState, req: wire.ChatCompletionRequest, tools: ToolPlan) -> Any:
     """The request's own constraint or the one its tool_choice forces; not both."""
     own = request_constraint(req, state.config.structured_outputs_config)
     forced = tools.constraint(state.config)
@@ -139,7 +130,7 @@ def chat_constraint(state: ServerState, req: ChatCompletionRequest, tools: ToolP
     return own or forced
 
 
-def check_prompt_logprobs(state: ServerState, req: ChatCompletionRequest) -> None:
+def check_prompt_logprobs(state: ServerState, req: wire.ChatCompletionRequest) -> None:
     if req.prompt_logprobs is None:
         return
     if req.stream:
@@ -164,10 +155,10 @@ class ChatBranch:
     streamer: Streamer | None
     called: bool = False
 
-    def delta(self, job: ChatJob, text: str) -> DeltaMessage:
+    def delta(self, job: ChatJob, text: str) -> wire.DeltaMessage:
         """The chunk delta of the new text (content and call pieces)."""
         if self.streamer is None:
-            return DeltaMessage(content=text) if text else DeltaMessage()
+            return wire.DeltaMessage(content=text) if text else wire.DeltaMessage()
         piece = self.streamer.stream(text)
         if self.pending.is_done:
             piece = merge(piece, self.streamer.finish())
@@ -187,14 +178,14 @@ class ChatChunks:
 
     def add(
         self, prompt_index: int, output: RequestOutput, out: CompletionOutput
-    ) -> list[ChatCompletionStreamResponse]:
+    ) -> list[wire.ChatCompletionStreamResponse]:
         """The role chunk (first time), then the new content or call pieces with the finish
         reason, if any."""
         job, chunks = self.job, []
         if out.index not in self.branches:
             self.branches[out.index] = ChatBranch(PendingChunk(), job.tools.streamer())
-            role = DeltaMessage(role="assistant", content="")
-            chunks.append(job.chunk([ChatCompletionChunkChoice(index=out.index, delta=role)]))
+            role = wire.DeltaMessage(role="assistant", content="")
+            chunks.append(job.chunk([wire.ChatCompletionChunkChoice(index=out.index, delta=role)]))
         branch = self.branches[out.index]
         pending = branch.pending
         if pending.is_done:
@@ -208,9 +199,9 @@ class ChatChunks:
         logprobs = None
         if job.params.logprobs is not None and steps is not None:
             logprobs = chat_logprobs(new_ids, steps, job.params.logprobs, self.tokenizer)
-        if delta == DeltaMessage() and finish_reason is None and logprobs is None:
+        if delta == wire.DeltaMessage() and finish_reason is None and logprobs is None:
             return chunks  # held back (a possible call marker)
-        choice = ChatCompletionChunkChoice(
+        choice = wire.ChatCompletionChunkChoice(
             index=out.index,
             delta=delta,
             logprobs=logprobs,
