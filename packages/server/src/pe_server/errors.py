@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import KW_ONLY, dataclass, field
 
 from aiohttp import web
 
@@ -43,24 +44,20 @@ class EngineRequestError(RuntimeError):
     told only that the engine failed."""
 
 
+@dataclass(eq=False)  # compared and hashed by identity, as exceptions are
 class APIError(Exception):
     """An error answered with the OpenAI envelope."""
 
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        code: str,
-        param: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.param = param
-        self.headers = dict(headers or {})
+    status: int
+    message: str
+    _: KW_ONLY
+    code: str
+    param: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+        self.headers = dict(self.headers)  # the caller's mapping stays the caller's
 
     @property
     def type(self) -> str:
@@ -166,9 +163,8 @@ class APIError(Exception):
 
     @classmethod
     def engine_failed(cls) -> APIError:
-        return cls(
-            500, "The inference engine failed while processing the request.", code="engine_error"
-        )
+        message = "The inference engine failed while processing the request."
+        return cls(500, message, code="engine_error")
 
     def to_struct(self) -> ErrorResponse:
         return ErrorResponse(
