@@ -34,22 +34,34 @@ from typing import Any
 import aiohttp
 import msgspec
 import numpy as np
+from bench_offline import SMOLLM2_SHAPE
 
 from pe_server.launch import free_port, stop_process, wait_http_ready
 
 MODES = ("text", "embeds-json", "embeds-msgpack")
 SERVED_NAME = "bench"
+# SmolLM2's width (576) on a shallow, untied random Llama: SmolLM2-sized embeds, quick to run.
+RANDOM576_SHAPE = {**SMOLLM2_SHAPE, "num_layers": 4, "tie_word_embeddings": False}
 
 
 @dataclass
 class RequestResult:
-    ok: bool
+    """One streamed request as the client saw it (``ok`` once it got its tokens, no error)."""
+
     ttft: float = 0.0
     e2e: float = 0.0
     itl: list[float] = field(default_factory=list)
     prompt_tokens: int = 0
     output_tokens: int = 0
     error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and self.output_tokens > 0
+
+
+# Mean, median and p99 of a latency, in milliseconds.
+LatencyStats = dict[str, float]
 
 
 @dataclass
@@ -62,14 +74,14 @@ class Summary:
     request_throughput: float
     output_throughput: float
     total_token_throughput: float
-    ttft_ms: dict[str, float]
-    tpot_ms: dict[str, float]
-    itl_ms: dict[str, float]
-    e2e_ms: dict[str, float]
+    ttft_ms: LatencyStats
+    tpot_ms: LatencyStats
+    itl_ms: LatencyStats
+    e2e_ms: LatencyStats
     body_bytes_mean: float
 
 
-def stats_ms(values: list[float]) -> dict[str, float]:
+def stats_ms(values: list[float]) -> LatencyStats:
     if not values:
         return {"mean": float("nan"), "median": float("nan"), "p99": float("nan")}
     ms = [v * 1000 for v in values]
@@ -143,7 +155,7 @@ async def send_one(
 ) -> RequestResult:
     headers = {"Content-Type": content_type, "Accept": "text/event-stream"}
     start = time.perf_counter()
-    result = RequestResult(ok=False)
+    result = RequestResult()
     last = start
     try:
         async with session.post(url, data=body, headers=headers) as resp:
@@ -169,7 +181,6 @@ async def send_one(
                     result.prompt_tokens = chunk["usage"]["prompt_tokens"]
                     result.output_tokens = chunk["usage"]["completion_tokens"]
         result.e2e = time.perf_counter() - start
-        result.ok = result.output_tokens > 0
     except aiohttp.ClientError as exc:
         result.error = type(exc).__name__
     return result
@@ -273,16 +284,9 @@ def build_model(name: str, workdir: Path) -> Path:
     from pe_engine.demo_model import ensure_demo_model, smollm2_tokenizer_dir
     from pe_engine.models.random_model import build_random_model
 
-    if name == "random576":  # SmolLM2's width (576) on a shallow random Llama
-        return build_random_model(
-            workdir / "random576",
-            hidden_size=576,
-            num_layers=4,
-            num_heads=9,
-            num_kv_heads=3,
-            intermediate_size=1536,
-            tokenizer_dir=smollm2_tokenizer_dir(),
-        )
+    if name == "random576":
+        tokenizer_dir = smollm2_tokenizer_dir()
+        return build_random_model(workdir / name, **RANDOM576_SHAPE, tokenizer_dir=tokenizer_dir)
     if name == "smollm2":
         return ensure_demo_model()
     return Path(name)
@@ -369,7 +373,7 @@ def print_table(summaries: list[Summary]) -> None:
     print("\n" + head + "\n" + "-" * len(head))
     for s in summaries:
 
-        def trio(d: dict[str, float]) -> str:
+        def trio(d: LatencyStats) -> str:
             return f"{d['mean']:.1f}/{d['median']:.1f}/{d['p99']:.1f}"
 
         print(
