@@ -60,6 +60,30 @@ class AttentionMetadata:
         return int(self.slot_mapping.shape[0])
 
 
+@dataclass(slots=True)
+class AttentionCall:
+    """One layer's :meth:`AttentionBackend.forward` as the backends' hooks see it: its
+    arguments plus ``out [num_tokens, num_heads, head_dim]``, which the hooks fill."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    kv_cache: torch.Tensor
+    metadata: AttentionMetadata
+    scale: float
+    out: torch.Tensor
+
+    @property
+    def k_pool(self) -> torch.Tensor:
+        """The layer's K as ``[num_kv_heads, num_blocks * block_size, head_dim]`` (a view)."""
+        return _pool_view(self.kv_cache[0])
+
+    @property
+    def v_pool(self) -> torch.Tensor:
+        """The layer's V, viewed as :attr:`k_pool` views K."""
+        return _pool_view(self.kv_cache[1])
+
+
 class AttentionBackend(ABC):
     """Writes a step's new K/V into the paged pool and attends each query over its context.
 
@@ -69,25 +93,13 @@ class AttentionBackend(ABC):
     ``kv_cache [2, num_kv_heads, num_blocks, block_size, head_dim]`` and the step metadata.
     The query at position ``p`` attends causally to positions ``0..p`` of its own sequence
     (cached positions included). Returns ``[num_tokens, num_heads * head_dim]``.
+
+    A backend supplies the three steps of every forward: :meth:`_store_kv`, :meth:`_decode`
+    and :meth:`_prefill`.
     """
 
     def prepare(self, metadata: AttentionMetadata) -> None:  # noqa: B027 (optional hook)
         """Derive per-step tensors once, before the layers run (every layer shares them)."""
-
-    @abstractmethod
-    def forward(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        kv_cache: torch.Tensor,
-        metadata: AttentionMetadata,
-        scale: float,
-    ) -> torch.Tensor: ...
-
-
-class TorchAttentionBackend(AttentionBackend):
-    """Reference backend (CPU and CUDA): index_copy into the pool, gather by slot, SDPA."""
 
     def forward(
         self,
@@ -99,19 +111,30 @@ class TorchAttentionBackend(AttentionBackend):
         scale: float,
     ) -> torch.Tensor:
         num_tokens, num_heads, head_dim = q.shape
-        num_kv_heads = k.shape[1]
-        k_pool = kv_cache[0].view(num_kv_heads, -1, head_dim)  # [kv_heads, slots, head_dim]
-        v_pool = kv_cache[1].view(num_kv_heads, -1, head_dim)
-        k_pool.index_copy_(1, metadata.slot_mapping, k.transpose(0, 1))
-        v_pool.index_copy_(1, metadata.slot_mapping, v.transpose(0, 1))
         out = q.new_empty(num_tokens, num_heads, head_dim)
-        d = metadata.num_decode_tokens
-        if d:
-            out[:d] = self._decode(q[:d], k_pool, v_pool, metadata, scale)
-        for span in metadata.prefills:
-            rows = slice(span.start, span.start + span.num_tokens)
-            out[rows] = self._prefill(q[rows], k[rows], v[rows], k_pool, v_pool, span, scale)
+        call = AttentionCall(q, k, v, kv_cache, metadata, scale, out)
+        self._store_kv(call)
+        if metadata.num_decode_tokens:
+            self._decode(call)
+        if metadata.prefills:
+            self._prefill(call)
         return out.view(num_tokens, num_heads * head_dim)
+
+    @abstractmethod
+    def _store_kv(self, call: AttentionCall) -> None:
+        """Write row ``i`` of ``call.k`` and ``call.v`` to cache slot ``slot_mapping[i]``."""
+
+    @abstractmethod
+    def _decode(self, call: AttentionCall) -> None:
+        """Fill ``call.out`` rows ``[0, num_decode_tokens)``: one query per sequence."""
+
+    @abstractmethod
+    def _prefill(self, call: AttentionCall) -> None:
+        """Fill ``call.out`` for every span of ``call.metadata.prefills``."""
+
+
+class TorchAttentionBackend(AttentionBackend):
+    """Reference backend (CPU and CUDA): index_copy into the pool, gather by slot, SDPA."""
 
     def prepare(self, metadata: AttentionMetadata) -> None:
         if metadata.num_decode_tokens:
@@ -140,52 +163,58 @@ class TorchAttentionBackend(AttentionBackend):
             query_positions = positions[span.num_computed_tokens :, None]
             span.causal_mask = positions[None, :] <= query_positions  # bottom-right aligned
 
-    def _decode(
-        self,
-        q: torch.Tensor,
-        k_pool: torch.Tensor,
-        v_pool: torch.Tensor,
-        metadata: AttentionMetadata,
-        scale: float,
-    ) -> torch.Tensor:
+    def _store_kv(self, call: AttentionCall) -> None:
+        slots = call.metadata.slot_mapping
+        call.k_pool.index_copy_(1, slots, call.k.transpose(0, 1))
+        call.v_pool.index_copy_(1, slots, call.v.transpose(0, 1))
+
+    def _decode(self, call: AttentionCall) -> None:
         """All decode queries at once over their padded contexts (one masked SDPA)."""
+        metadata = call.metadata
         assert metadata.decode_slots is not None, "prepare() was not called"
-        keys = _gather(k_pool, metadata.decode_slots)  # [D, kv_heads, L, head_dim]
-        values = _gather(v_pool, metadata.decode_slots)
+        keys = _gather(call.k_pool, metadata.decode_slots)  # [D, kv_heads, L, head_dim]
+        values = _gather(call.v_pool, metadata.decode_slots)
         # One query per sequence: the query heads sharing a KV head become that head's query
         # rows, so grouped-query attention needs no K/V repeat.
-        num_decode, num_heads, head_dim = q.shape
-        grouped = q.view(num_decode, keys.shape[1], -1, head_dim)
+        num_decode = metadata.num_decode_tokens
+        _, num_heads, head_dim = call.q.shape
+        grouped = call.q[:num_decode].view(num_decode, keys.shape[1], -1, head_dim)
         out = F.scaled_dot_product_attention(
-            grouped, keys, values, attn_mask=metadata.decode_mask, scale=scale
+            grouped, keys, values, attn_mask=metadata.decode_mask, scale=call.scale
         )
-        return out.reshape(num_decode, num_heads, head_dim)
+        call.out[:num_decode] = out.reshape(num_decode, num_heads, head_dim)
 
-    def _prefill(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        k_pool: torch.Tensor,
-        v_pool: torch.Tensor,
-        span: PrefillSpan,
-        scale: float,
-    ) -> torch.Tensor:
-        """One sequence's chunk: causal over its cached prefix plus the chunk itself."""
-        q = q.transpose(0, 1).unsqueeze(0)  # [1, heads, n, head_dim]
+    def _prefill(self, call: AttentionCall) -> None:
+        for span in call.metadata.prefills:
+            rows = slice(span.start, span.start + span.num_tokens)
+            call.out[rows] = self._prefill_span(call, span, rows)
+
+    @staticmethod
+    def _prefill_span(call: AttentionCall, span: PrefillSpan, rows: slice) -> torch.Tensor:
+        """One sequence's chunk (``rows`` of the batch): causal over its cached prefix plus the
+        chunk itself."""
+        q = call.q[rows].transpose(0, 1).unsqueeze(0)  # [1, heads, n, head_dim]
         if span.context_slots is None:  # nothing cached: the chunk's own K/V
-            k, v = k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0)
+            k = call.k[rows].transpose(0, 1).unsqueeze(0)
+            v = call.v[rows].transpose(0, 1).unsqueeze(0)
         else:
-            k = _gather(k_pool, span.context_slots[None])  # [1, kv_heads, context, head_dim]
-            v = _gather(v_pool, span.context_slots[None])
+            k = _gather(call.k_pool, span.context_slots[None])  # [1, kv_heads, context, head_dim]
+            v = _gather(call.v_pool, span.context_slots[None])
         group = q.shape[1] // k.shape[1]
         if group > 1:
             k = k.repeat_interleave(group, dim=1)
             v = v.repeat_interleave(group, dim=1)
+        mask = span.causal_mask
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=span.causal_mask, is_causal=span.causal_mask is None, scale=scale
+            q, k, v, attn_mask=mask, is_causal=mask is None, scale=call.scale
         )
         return out[0].transpose(0, 1)
+
+
+def _pool_view(pool: torch.Tensor) -> torch.Tensor:
+    """``[num_kv_heads, num_blocks, block_size, head_dim]`` K or V as ``[num_kv_heads, slots,
+    head_dim]``; a view (never a copy), so writes through it reach the pool."""
+    return pool.view(pool.shape[0], -1, pool.shape[-1])
 
 
 def _gather(pool: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from functools import cache
 
 import torch
 
-from pe_engine.attention.backend import AttentionMetadata, TorchAttentionBackend
+from pe_engine.attention.backend import AttentionCall, AttentionMetadata, TorchAttentionBackend
 from pe_engine.native_kernels import FLAGS, KernelBuildError, build_library
 
 log = logging.getLogger("pe_engine")
@@ -41,27 +41,23 @@ class CpuAttentionBackend(TorchAttentionBackend):
         # Decode reads the block tables directly: only prefill spans need derived tensors.
         self._prepare_prefills(metadata)
 
-    def _decode(
-        self,
-        q: torch.Tensor,
-        k_pool: torch.Tensor,
-        v_pool: torch.Tensor,
-        metadata: AttentionMetadata,
-        scale: float,
-    ) -> torch.Tensor:
+    def _decode(self, call: AttentionCall) -> None:
+        metadata = call.metadata
         tables, lens = metadata.decode_block_tables, metadata.decode_context_lens
         assert tables is not None and lens is not None
+        q, k_pool = call.q, call.k_pool
         if q.dtype != torch.float32 or q.device.type != "cpu":
             raise TypeError(f"CpuAttentionBackend needs a float32 CPU pool, not {q.dtype}")
-        q = q.contiguous()
-        num_seqs, num_heads, head_dim = q.shape
+        num_seqs = metadata.num_decode_tokens
+        q = q[:num_seqs].contiguous()
+        _, num_heads, head_dim = q.shape
         num_kv_heads, num_slots, _ = k_pool.shape
-        out = torch.empty_like(q)
+        # The kernel writes the decode rows of the (contiguous) output in place.
         status = self._decode_f32(
             q.data_ptr(),
             k_pool.data_ptr(),
-            v_pool.data_ptr(),
-            out.data_ptr(),
+            call.v_pool.data_ptr(),
+            call.out.data_ptr(),
             tables.data_ptr(),
             lens.data_ptr(),
             num_seqs,
@@ -71,12 +67,11 @@ class CpuAttentionBackend(TorchAttentionBackend):
             num_slots // metadata.block_size,
             metadata.block_size,
             tables.stride(0),
-            scale,
+            call.scale,
             torch.get_num_threads(),
         )
         if status != 0:
             raise MemoryError("paged decode attention could not allocate its scratch space")
-        return out
 
 
 def available() -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from pe_engine.attention.backend import AttentionBackend, AttentionMetadata
+from pe_engine.attention.backend import AttentionBackend, AttentionCall, AttentionMetadata
 from pe_engine.attention.kernels import triton_paged
 from pe_engine.models.batch import to_device
 
@@ -70,51 +70,31 @@ class TritonAttentionBackend(AttentionBackend):
             cu_seqlens=_cu_seqlens(lengths, device) if is_flash else None,
         )
 
-    def forward(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        kv_cache: torch.Tensor,
-        metadata: AttentionMetadata,
-        scale: float,
-    ) -> torch.Tensor:
-        num_tokens, num_heads, head_dim = q.shape
-        triton_paged.store_kv(k, v, kv_cache, metadata.slot_mapping)
-        out = q.new_empty(num_tokens, num_heads, head_dim)
-        d = metadata.num_decode_tokens
-        if d:
-            assert metadata.decode_block_tables is not None
-            assert metadata.decode_context_lens is not None
-            split = triton_paged.decode_split(
-                metadata.decode_max_context_len, d, k.shape[1], self._target_programs
-            )
-            triton_paged.paged_decode(
-                q[:d],
-                kv_cache,
-                metadata.decode_block_tables,
-                metadata.decode_context_lens,
-                scale,
-                split,
-                out[:d],
-            )
-        if metadata.prefills:
-            self._prefill(q, k, v, kv_cache, metadata, scale, out)
-        return out.view(num_tokens, num_heads * head_dim)
+    def _store_kv(self, call: AttentionCall) -> None:
+        triton_paged.store_kv(call.k, call.v, call.kv_cache, call.metadata.slot_mapping)
 
-    def _prefill(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        kv_cache: torch.Tensor,
-        metadata: AttentionMetadata,
-        scale: float,
-        out: torch.Tensor,
-    ) -> None:
+    def _decode(self, call: AttentionCall) -> None:
+        metadata, d = call.metadata, call.metadata.num_decode_tokens
+        assert metadata.decode_block_tables is not None
+        assert metadata.decode_context_lens is not None
+        split = triton_paged.decode_split(
+            metadata.decode_max_context_len, d, call.k.shape[1], self._target_programs
+        )
+        triton_paged.paged_decode(
+            call.q[:d],
+            call.kv_cache,
+            metadata.decode_block_tables,
+            metadata.decode_context_lens,
+            call.scale,
+            split,
+            call.out[:d],
+        )
+
+    def _prefill(self, call: AttentionCall) -> None:
         plan = self._plan
-        assert plan is not None and plan.metadata is metadata, "prepare() was not called"
-        d = metadata.num_decode_tokens
+        assert plan is not None and plan.metadata is call.metadata, "prepare() was not called"
+        q, k, v, scale, out = call.q, call.k, call.v, call.scale, call.out
+        d = call.metadata.num_decode_tokens
         flash = self._flash_attn_varlen
         if flash is not None and plan.cu_seqlens is not None and q.dtype in _FLASH_DTYPES:
             # Prefill rows follow the decode rows, chunk after chunk: one varlen call.
@@ -131,7 +111,7 @@ class TritonAttentionBackend(AttentionBackend):
             )
             return
         triton_paged.paged_prefill(
-            q, k, v, kv_cache, plan.spans, plan.block_tables, plan.max_num_tokens, scale, out
+            q, k, v, call.kv_cache, plan.spans, plan.block_tables, plan.max_num_tokens, scale, out
         )
 
 

@@ -40,6 +40,41 @@ static inline float exp_nonpositive(float x) {
     return p * scale;
 }
 
+/* scores[g * stride + i] = scale * <q_g, k_i> for the n rows k_i of one block. */
+static inline void score_block(const float *q, const float *k_rows, int64_t n, int64_t group,
+                               int64_t head_dim, float scale, float *scores, int64_t stride) {
+    for (int64_t i = 0; i < n; i++) {
+        const float *k_row = k_rows + i * head_dim;
+        for (int64_t g = 0; g < group; g++) {
+            const float *q_row = q + g * head_dim;
+            float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t j = 0; j < head_dim; j++) dot += q_row[j] * k_row[j];
+            scores[g * stride + i] = dot * scale;
+        }
+    }
+}
+
+/* acc_g += sum_i p[g * stride + i] * v_i over the n rows v_i of one block. */
+static inline void add_block(const float *p, int64_t stride, const float *v_rows, int64_t n,
+                             int64_t group, int64_t head_dim, float *acc) {
+    for (int64_t i = 0; i < n; i++) {
+        const float *v_row = v_rows + i * head_dim;
+        for (int64_t g = 0; g < group; g++) {
+            const float weight = p[g * stride + i];
+            float *a = acc + g * head_dim;
+#pragma omp simd
+            for (int64_t j = 0; j < head_dim; j++) a[j] += weight * v_row[j];
+        }
+    }
+}
+
+/* Positions [t0, t0 + block_size) of a context, clipped to its length: the last block may
+ * be partly filled. */
+static inline int64_t block_len(int64_t t0, int64_t context_len, int64_t block_size) {
+    return context_len - t0 < block_size ? context_len - t0 : block_size;
+}
+
 static void decode_one(const float *q, const float *k_head, const float *v_head, float *out,
                        const int64_t *table, int64_t context_len, int64_t group,
                        int64_t head_dim, int64_t block_size, float scale, float *scores,
@@ -47,18 +82,9 @@ static void decode_one(const float *q, const float *k_head, const float *v_head,
     const int64_t block_elems = block_size * head_dim;
     /* scores[g * context_len + t] = scale * <q_g, k_t> */
     for (int64_t t0 = 0; t0 < context_len; t0 += block_size) {
-        const float *k_block = k_head + table[t0 / block_size] * block_elems;
-        const int64_t n = context_len - t0 < block_size ? context_len - t0 : block_size;
-        for (int64_t i = 0; i < n; i++) {
-            const float *k_row = k_block + i * head_dim;
-            for (int64_t g = 0; g < group; g++) {
-                const float *q_row = q + g * head_dim;
-                float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-                for (int64_t j = 0; j < head_dim; j++) dot += q_row[j] * k_row[j];
-                scores[g * context_len + t0 + i] = dot * scale;
-            }
-        }
+        const float *k_rows = k_head + table[t0 / block_size] * block_elems;
+        score_block(q, k_rows, block_len(t0, context_len, block_size), group, head_dim, scale,
+                    scores + t0, context_len);
     }
     /* softmax over each query head's row; the 1/sum is applied to the output */
     for (int64_t g = 0; g < group; g++) {
@@ -75,17 +101,9 @@ static void decode_one(const float *q, const float *k_head, const float *v_head,
     }
     memset(acc, 0, sizeof(float) * group * head_dim);
     for (int64_t t0 = 0; t0 < context_len; t0 += block_size) {
-        const float *v_block = v_head + table[t0 / block_size] * block_elems;
-        const int64_t n = context_len - t0 < block_size ? context_len - t0 : block_size;
-        for (int64_t i = 0; i < n; i++) {
-            const float *v_row = v_block + i * head_dim;
-            for (int64_t g = 0; g < group; g++) {
-                const float p = scores[g * context_len + t0 + i];
-                float *a = acc + g * head_dim;
-#pragma omp simd
-                for (int64_t j = 0; j < head_dim; j++) a[j] += p * v_row[j];
-            }
-        }
+        const float *v_rows = v_head + table[t0 / block_size] * block_elems;
+        add_block(scores + t0, context_len, v_rows, block_len(t0, context_len, block_size), group,
+                  head_dim, acc);
     }
     for (int64_t g = 0; g < group; g++) {
         const float inv_sum = acc[group * head_dim + g];
