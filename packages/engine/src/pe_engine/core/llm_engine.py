@@ -52,7 +52,11 @@ class LLMEngine:
         # scheduler stops on it.
         eos = eos_token_ids(config.model, config.hf_config, self.tokenizer)
         self.runner = runner or ModelRunner(config, eos_token_ids=eos)
+        # The loaded model's shape: what prompts are checked against, fixed from here on.
         self.max_model_len = self.runner.max_model_len
+        self.hidden_size = self.runner.hidden_size
+        self.vocab_size = self.runner.vocab_size
+        self.dtype: Any = self.runner.dtype
         self.block_manager = BlockManager(
             self.runner.num_kv_blocks,
             self.runner.block_size,
@@ -81,18 +85,6 @@ class LLMEngine:
         self.num_steps = 0
         self.num_scheduled_tokens = 0  # prompt, recompute and decode positions computed
         self.num_generation_tokens = 0
-
-    @property
-    def hidden_size(self) -> int:
-        return self.runner.hidden_size
-
-    @property
-    def vocab_size(self) -> int:
-        return self.runner.vocab_size
-
-    @property
-    def dtype(self) -> Any:
-        return self.runner.dtype
 
     @property
     def fault_injector(self) -> FaultInjector | None:
