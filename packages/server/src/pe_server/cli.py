@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import get_args
+from typing import Any, get_args
 
 from pydantic import ValidationError
 
@@ -50,143 +50,150 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_switch(group: argparse._ArgumentGroup, flag: str, help: str) -> None:
+Flag = tuple[tuple[str, ...], dict[str, Any]]
+
+
+def flag(*names: str, **settings: Any) -> Flag:
+    """One ``add_argument`` call, as data."""
+    return names, settings
+
+
+def switch(name: str, help: str) -> Flag:
     """A flag without a value; None when absent so that the environment can supply it."""
-    group.add_argument(flag, action="store_true", default=None, help=help)
+    return flag(name, action="store_true", default=None, help=help)
+
+
+# pe's own flags by help group. Every default is None so that the environment (then
+# ServerConfig) supplies it.
+SERVE_FLAGS: dict[str, tuple[Flag, ...]] = {
+    "network and security": (
+        flag("--host", help="bind address (default 127.0.0.1)"),
+        flag("--port", type=int, help="port (default 8000; 0 = any free port)"),
+        flag("--api-key", action="append", help="accepted API key (repeatable)"),
+        switch("--insecure", "allow a non-loopback bind without an API key"),
+    ),
+    "model and engine": (
+        flag("--served-model-name", nargs="+", help="name(s) clients use in `model`"),
+        flag(
+            "--backend",
+            choices=("native", "transformers", "vllm", "vllm-remote"),
+            help="inference backend",
+        ),
+        flag("--upstream", help="vllm-remote: URL of a `vllm serve --enable-prompt-embeds` server"),
+        flag("--upstream-api-key", help="vllm-remote: API key of the upstream"),
+        switch("--enable-prompt-embeds", "accept prompt_embeds in requests"),
+        flag("--tokenizer"),
+        flag(
+            "--dtype",
+            choices=("auto", "float32", "bfloat16", "float16", "half", "float"),
+            help="half and float are vLLM's names of float16 and float32",
+        ),
+        flag("--device", choices=("auto", "cpu", "cuda")),
+        flag(
+            "--quantization",
+            "-q",
+            metavar="METHOD",
+            help="int8: the linears' weights in int8 (native backend, CPU); --backend vllm takes "
+            "vLLM's methods",
+        ),
+        flag("--max-model-len", type=int),
+        flag("--max-num-seqs", type=int),
+        flag("--max-num-batched-tokens", type=int),
+        flag("--block-size", type=int),
+        flag("--kv-cache-memory", help="KV-cache bytes (e.g. 1GiB)"),
+        flag("--num-kv-blocks", type=int, help="exact KV-cache block count"),
+        flag(
+            "--gpu-memory-utilization",
+            type=float,
+            help="CUDA: share of the GPU's memory for weights, activations and KV cache (0.9)",
+        ),
+        switch("--enforce-eager", "CUDA: run decode steps eagerly, without CUDA graphs"),
+        flag("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None),
+        flag("--seed", type=int),
+    ),
+    "chat templates": (
+        flag("--chat-template", help="server-wide chat template: a file or the template"),
+        flag(
+            "--chat-template-content-format",
+            choices=("auto", "string", "openai"),
+            help="how message content reaches the template (auto: detected from the template)",
+        ),
+        switch(
+            "--trust-request-chat-template",
+            "accept a request's own `chat_template` (it runs within the render budget)",
+        ),
+        flag("--chat-render-workers", type=int, help="chat template render processes"),
+        switch("--enable-auto-tool-choice", 'tool_choice "auto": parse calls from the output'),
+        flag(
+            "--tool-call-parser",
+            choices=("hermes", "llama3_json", "mistral"),
+            help="how calls are written in the model's output (vLLM's parser names)",
+        ),
+        switch(
+            "--exclude-tools-when-tool-choice-none",
+            'leave `tools` out of the prompt when tool_choice is "none"',
+        ),
+        flag(
+            "--structured-outputs-config",
+            metavar="JSON",
+            help='defaults of every constraint, e.g. {"disable_any_whitespace": true}',
+        ),
+        flag("--chat-render-timeout", type=float, help="seconds one chat template render may take"),
+    ),
+    "request limits": (
+        flag("--max-embeds-bytes", help="decoded prompt-embeds bytes per request (e.g. 256MiB)"),
+        flag("--embeds-store-bytes", help="bytes of uploaded embeddings (/v1/embeds) kept (1GiB)"),
+        flag(
+            "--embeds-store-bytes-per-key",
+            help="bytes of uploaded embeddings one API key may keep",
+        ),
+        flag(
+            "--embeds-ttl", type=float, help="seconds an uploaded embeddings object lives after use"
+        ),
+        flag("--max-concurrent-requests", type=int),
+        flag(
+            "--max-requests-per-key",
+            type=int,
+            help="concurrent requests per API key (per client address without keys); over: 429",
+        ),
+        flag("--max-bytes-in-flight", help="admission budget (e.g. 4GiB)"),
+        flag("--max-prompts", type=int, help="prompts per completions request"),
+        flag("--max-content-parts", type=int, help="content parts per chat request"),
+        flag("--max-n", type=int),
+        flag("--max-seqs-per-request", type=int, help="prompts x max(n, best_of) per request"),
+        flag(
+            "--max-prompt-chars",
+            type=int,
+            help="characters of one text prompt or chat (default: 32 x max model length)",
+        ),
+        flag(
+            "--max-total-prompt-chars",
+            type=int,
+            help="characters of all text prompts of a request",
+        ),
+        flag("--max-logprobs", type=int),
+    ),
+    "timeouts": (
+        flag("--header-read-timeout", type=float, help="seconds to receive a request's head"),
+        flag("--body-read-timeout", type=float, help="base seconds to read a body"),
+        flag("--stream-write-timeout", type=float, help="seconds a stream write may block"),
+        flag("--drain-timeout", type=float, help="seconds to drain on SIGTERM"),
+        flag(
+            "--structured-outputs-timeout",
+            type=float,
+            help="seconds a request's schema, regex or grammar may take to compile (default 10)",
+        ),
+        flag("--keepalive-timeout", type=float),
+        flag("--decode-threads", type=int, help="threads decoding tensors"),
+    ),
+}
 
 
 def add_serve_flags(p: argparse.ArgumentParser) -> None:
-    # Every default is None so that the environment (then ServerConfig) supplies it.
-    net = p.add_argument_group("network and security")
-    net.add_argument("--host", help="bind address (default 127.0.0.1)")
-    net.add_argument("--port", type=int, help="port (default 8000; 0 = any free port)")
-    net.add_argument("--api-key", action="append", help="accepted API key (repeatable)")
-    add_switch(net, "--insecure", "allow a non-loopback bind without an API key")
-    model = p.add_argument_group("model and engine")
-    model.add_argument("--served-model-name", nargs="+", help="name(s) clients use in `model`")
-    model.add_argument(
-        "--backend",
-        choices=("native", "transformers", "vllm", "vllm-remote"),
-        help="inference backend",
-    )
-    model.add_argument(
-        "--upstream", help="vllm-remote: URL of a `vllm serve --enable-prompt-embeds` server"
-    )
-    model.add_argument("--upstream-api-key", help="vllm-remote: API key of the upstream")
-    add_switch(model, "--enable-prompt-embeds", "accept prompt_embeds in requests")
-    chat = p.add_argument_group("chat templates")
-    chat.add_argument("--chat-template", help="server-wide chat template: a file or the template")
-    chat.add_argument(
-        "--chat-template-content-format",
-        choices=("auto", "string", "openai"),
-        help="how message content reaches the template (auto: detected from the template)",
-    )
-    add_switch(
-        chat,
-        "--trust-request-chat-template",
-        "accept a request's own `chat_template` (it runs within the render budget)",
-    )
-    chat.add_argument("--chat-render-workers", type=int, help="chat template render processes")
-    add_switch(chat, "--enable-auto-tool-choice", 'tool_choice "auto": parse calls from the output')
-    chat.add_argument(
-        "--tool-call-parser",
-        choices=("hermes", "llama3_json", "mistral"),
-        help="how calls are written in the model's output (vLLM's parser names)",
-    )
-    add_switch(
-        chat,
-        "--exclude-tools-when-tool-choice-none",
-        'leave `tools` out of the prompt when tool_choice is "none"',
-    )
-    chat.add_argument(
-        "--structured-outputs-config",
-        metavar="JSON",
-        help='defaults of every constraint, e.g. {"disable_any_whitespace": true}',
-    )
-    chat.add_argument(
-        "--chat-render-timeout", type=float, help="seconds one chat template render may take"
-    )
-    model.add_argument("--tokenizer")
-    model.add_argument(
-        "--dtype",
-        choices=("auto", "float32", "bfloat16", "float16", "half", "float"),
-        help="half and float are vLLM's names of float16 and float32",
-    )
-    model.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    model.add_argument(
-        "--quantization",
-        "-q",
-        metavar="METHOD",
-        help="int8: the linears' weights in int8 (native backend, CPU); --backend vllm takes "
-        "vLLM's methods",
-    )
-    model.add_argument("--max-model-len", type=int)
-    model.add_argument("--max-num-seqs", type=int)
-    model.add_argument("--max-num-batched-tokens", type=int)
-    model.add_argument("--block-size", type=int)
-    model.add_argument("--kv-cache-memory", help="KV-cache bytes (e.g. 1GiB)")
-    model.add_argument("--num-kv-blocks", type=int, help="exact KV-cache block count")
-    model.add_argument(
-        "--gpu-memory-utilization",
-        type=float,
-        help="CUDA: share of the GPU's memory for weights, activations and KV cache (0.9)",
-    )
-    add_switch(model, "--enforce-eager", "CUDA: run decode steps eagerly, without CUDA graphs")
-    model.add_argument(
-        "--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None
-    )
-    model.add_argument("--seed", type=int)
-    limits = p.add_argument_group("request limits")
-    limits.add_argument(
-        "--max-embeds-bytes", help="decoded prompt-embeds bytes per request (e.g. 256MiB)"
-    )
-    limits.add_argument(
-        "--embeds-store-bytes", help="bytes of uploaded embeddings (/v1/embeds) kept (1GiB)"
-    )
-    limits.add_argument(
-        "--embeds-store-bytes-per-key", help="bytes of uploaded embeddings one API key may keep"
-    )
-    limits.add_argument(
-        "--embeds-ttl", type=float, help="seconds an uploaded embeddings object lives after use"
-    )
-    limits.add_argument("--max-concurrent-requests", type=int)
-    limits.add_argument(
-        "--max-requests-per-key",
-        type=int,
-        help="concurrent requests per API key (per client address without keys); over: 429",
-    )
-    limits.add_argument("--max-bytes-in-flight", help="admission budget (e.g. 4GiB)")
-    limits.add_argument("--max-prompts", type=int, help="prompts per completions request")
-    limits.add_argument("--max-content-parts", type=int, help="content parts per chat request")
-    limits.add_argument("--max-n", type=int)
-    limits.add_argument(
-        "--max-seqs-per-request", type=int, help="prompts x max(n, best_of) per request"
-    )
-    limits.add_argument(
-        "--max-prompt-chars",
-        type=int,
-        help="characters of one text prompt or chat (default: 32 x max model length)",
-    )
-    limits.add_argument(
-        "--max-total-prompt-chars", type=int, help="characters of all text prompts of a request"
-    )
-    limits.add_argument("--max-logprobs", type=int)
-    timing = p.add_argument_group("timeouts")
-    timing.add_argument(
-        "--header-read-timeout", type=float, help="seconds to receive a request's head"
-    )
-    timing.add_argument("--body-read-timeout", type=float, help="base seconds to read a body")
-    timing.add_argument(
-        "--stream-write-timeout", type=float, help="seconds a stream write may block"
-    )
-    timing.add_argument("--drain-timeout", type=float, help="seconds to drain on SIGTERM")
-    timing.add_argument(
-        "--structured-outputs-timeout",
-        type=float,
-        help="seconds a request's schema, regex or grammar may take to compile (default 10)",
-    )
-    timing.add_argument("--keepalive-timeout", type=float)
-    timing.add_argument("--decode-threads", type=int, help="threads decoding tensors")
+    for title, flags in SERVE_FLAGS.items():
+        group = p.add_argument_group(title)
+        for names, settings in flags:
+            group.add_argument(*names, **settings)
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     add_vllm_flags(p)
 
