@@ -12,7 +12,6 @@ ray`` work as they do for ``vllm serve``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncGenerator
@@ -23,9 +22,8 @@ import torch
 from pe_engine.outputs import CompletionOutput, Logprob, RequestOutput
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams
-from pe_server.backends.base import BackendStats, EngineDeadError, ModelBackend, ModelInfo
-from pe_server.backends.hf_model import load_model_files
-from pe_server.backends.vllm_limits import check_vllm_request
+from pe_server.backends.base import BackendStats, EngineDeadError, ModelInfo
+from pe_server.backends.vllm_base import VllmBaseBackend
 from pe_server.backends.vllm_mapping import DeltaMerger, sampling_fields, structured_fields
 from pe_server.config import ServerConfig
 from pe_server.errors import APIError
@@ -86,12 +84,10 @@ def build_engine_args(argv: list[str]) -> Any:
     return AsyncEngineArgs.from_cli_args(parser.parse_args(argv))
 
 
-class VllmBackend(ModelBackend):
+class VllmBackend(VllmBaseBackend):
     """:class:`~pe_server.backends.base.Backend` on ``vllm.v1.engine.async_llm.AsyncLLM``."""
 
     name = "vllm"
-    supports_prompt_logprobs = False
-    supports_best_of = False
 
     def __init__(self, config: ServerConfig) -> None:
         super().__init__(config)
@@ -105,8 +101,7 @@ class VllmBackend(ModelBackend):
     async def start(self) -> None:
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        files = await asyncio.to_thread(load_model_files, self._config)
-        self.tokenizer, self.chat_builder = files.tokenizer, files.chat_builder
+        files = await self.load_files()
         argv = engine_argv(self._config, str(files.model_dir))
         log.info("vllm engine arguments: %s", " ".join(argv))
         engine_args = build_engine_args(argv)
@@ -137,9 +132,7 @@ class VllmBackend(ModelBackend):
         from vllm.exceptions import VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError as VllmDeadError
 
-        if not self.is_healthy:
-            raise EngineDeadError("engine not running")
-        check_vllm_request(prompt, params)
+        self.check_request(prompt, params)
         vllm_params = to_vllm_params(params)
         merger = OutputMerger(request_id, prompt, params)
         self._num_running += 1

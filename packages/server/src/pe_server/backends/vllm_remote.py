@@ -23,10 +23,9 @@ from pe_engine.outputs import CompletionOutput, Logprob, RequestOutput
 from pe_engine.prompt import Prompt
 from pe_engine.sampling_params import SamplingParams
 from pe_server.backends import BackendUnavailableError
-from pe_server.backends.base import BackendStats, EngineDeadError, ModelBackend, ModelInfo
+from pe_server.backends.base import BackendStats, ModelInfo
 from pe_server.backends.embedding_table import EmbeddingTable
-from pe_server.backends.hf_model import load_model_files
-from pe_server.backends.vllm_limits import check_vllm_request
+from pe_server.backends.vllm_base import VllmBaseBackend
 from pe_server.backends.vllm_mapping import DeltaMerger, sampling_fields, structured_fields
 from pe_server.config import ServerConfig
 from pe_server.errors import APIError
@@ -41,12 +40,10 @@ READ_BUFSIZE = 2**20
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
-class VllmRemoteBackend(ModelBackend):
+class VllmRemoteBackend(VllmBaseBackend):
     """:class:`~pe_server.backends.base.Backend` forwarding to a vLLM OpenAI server."""
 
     name = "vllm-remote"
-    supports_prompt_logprobs = False
-    supports_best_of = False
 
     def __init__(self, config: ServerConfig) -> None:
         if not config.upstream:
@@ -69,8 +66,7 @@ class VllmRemoteBackend(ModelBackend):
         return {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
 
     async def start(self) -> None:
-        files = await asyncio.to_thread(load_model_files, self._config)
-        self.tokenizer, self.chat_builder = files.tokenizer, files.chat_builder
+        files = await self.load_files()
         self._session = aiohttp.ClientSession(
             headers=self._headers(),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S),
@@ -137,9 +133,7 @@ class VllmRemoteBackend(ModelBackend):
     async def generate(
         self, prompt: Prompt, params: SamplingParams, request_id: str
     ) -> AsyncGenerator[RequestOutput, None]:
-        if not self.is_healthy:
-            raise EngineDeadError("backend not running")
-        check_vllm_request(prompt, params)
+        self.check_request(prompt, params)
         # Base64 and JSON of a large tensor are built off the event loop.
         body = await asyncio.to_thread(self.request_body, prompt, params)
         url = f"{self.upstream}/v1/completions"
