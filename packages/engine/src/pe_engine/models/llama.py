@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pe_engine.attention.backend import AttentionBackend, AttentionMetadata
+from pe_engine.models.fused_ops import FUSED_ROWS, FusedOps, fused_ops
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,23 @@ class LlamaAttention(nn.Module):
         out = self.backend.forward(q, k, v, self.kv_cache, metadata, self.scale)
         return self.o_proj(out)
 
+    def forward_fused(
+        self,
+        ops: FusedOps,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        cos_sin: torch.Tensor,
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        """``forward`` with RoPE applied in place on the qkv rows by one C call."""
+        qkv = self.qkv_proj(x)
+        ops.rope(qkv, positions, cos_sin, self.num_heads + self.num_kv_heads, self.head_dim)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=1)
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        return self.o_proj(self.backend.forward(q, k, v, self.kv_cache, metadata, self.scale))
+
 
 class LlamaMLP(nn.Module):
     def __init__(self, args: LlamaArgs) -> None:
@@ -209,6 +227,26 @@ class LlamaDecoderLayer(nn.Module):
     ) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, metadata)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def forward_fused(
+        self,
+        ops: FusedOps,
+        residual: torch.Tensor,
+        delta: torch.Tensor | None,
+        normed: torch.Tensor,
+        positions: torch.Tensor,
+        cos_sin: torch.Tensor,
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        """The layer on the residual stream, which it updates in place: adds the previous
+        layer's output ``delta``, and returns its own (the next layer adds it). ``normed`` is
+        scratch of the residual's shape; ``cos_sin`` the rotary table."""
+        eps = self.input_layernorm.eps
+        ops.add_rmsnorm(residual, delta, self.input_layernorm.weight, normed, eps)
+        delta = self.self_attn.forward_fused(ops, normed, positions, cos_sin, metadata)
+        ops.add_rmsnorm(residual, delta, self.post_attention_layernorm.weight, normed, eps)
+        mlp = self.mlp
+        return mlp.down_proj(ops.silu_mul(mlp.gate_up_proj(normed)))
 
 
 class LlamaModel(nn.Module):
@@ -251,10 +289,40 @@ class LlamaForCausalLM(nn.Module):
             assert input_ids is not None, "input_ids or inputs_embeds is required"
             inputs_embeds = self.embed_tokens(input_ids)
         x = inputs_embeds
+        if x.shape[0] <= FUSED_ROWS and self.can_fuse(x):
+            return self._forward_fused(x, positions, metadata)
         cos, sin = self.model.rotary_emb(positions)
         for layer in self.model.layers:
             x = layer(x, cos, sin, metadata)
         return self.model.norm(x)
+
+    def can_fuse(self, x: torch.Tensor) -> bool:
+        """Whether the fused C kernels can run this step (float32 rows on the CPU; a model
+        with q/k norms keeps torch's operators)."""
+        return (
+            x.dtype == torch.float32
+            and x.device.type == "cpu"
+            and self.model.rotary_emb.cos_sin.dtype == torch.float32
+            and not self.args.qk_norm
+            and fused_ops() is not None
+        )
+
+    def _forward_fused(
+        self, x: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata
+    ) -> torch.Tensor:
+        """``forward`` for a few float32 rows on the CPU: the residual stream is one buffer
+        each layer adds its output to inside the next norm's C call."""
+        ops = fused_ops()
+        assert ops is not None
+        residual = x.contiguous().clone()  # updated in place: never the caller's tensor
+        normed = torch.empty_like(residual)
+        cos_sin = self.model.rotary_emb.cos_sin
+        delta = None
+        for layer in self.model.layers:
+            delta = layer.forward_fused(ops, residual, delta, normed, positions, cos_sin, metadata)
+        norm = self.model.norm
+        ops.add_rmsnorm(residual, delta, norm.weight, normed, norm.eps)
+        return normed
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Float32 logits of the given rows (only the rows that sample). A tied model has no
