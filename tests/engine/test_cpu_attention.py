@@ -93,6 +93,19 @@ def test_kernel_matches_the_reference(
     torch.testing.assert_close(actual, expected, atol=2e-6, rtol=2e-5)
 
 
+def test_kv_rows_are_stored_from_views_into_the_fused_qkv_rows() -> None:
+    """The model hands the backend q, k and v as views into one qkv row (rows a whole qkv
+    width apart): the kernel's K/V store reads them there, as index_copy_ does."""
+    qkv, metadata, kv_cache = _batch([5, 17, 40], 2, 9, 3, 64, 16)
+    fused = torch.cat([qkv[name].flatten(1) for name in ("q", "k", "v")], dim=1)
+    q, k, v = fused.split([9 * 64, 3 * 64, 3 * 64], dim=1)
+    views = {"q": q.view(-1, 9, 64), "k": k.view(-1, 3, 64), "v": v.view(-1, 3, 64)}
+    expected, expected_cache = _forward(TorchAttentionBackend(), qkv, metadata, kv_cache, 0.125)
+    actual, actual_cache = _forward(CpuAttentionBackend(), views, metadata, kv_cache, 0.125)
+    assert torch.equal(actual_cache, expected_cache)
+    torch.testing.assert_close(actual, expected, atol=2e-6, rtol=2e-5)
+
+
 def test_kernel_is_exact_on_extreme_scores() -> None:
     """Scores far apart (one position dominates) and all equal (a uniform average)."""
     qkv, metadata, kv_cache = _batch([48, 48], 0, 2, 1, 16, 16)

@@ -36,6 +36,19 @@ class CpuAttentionBackend(TorchAttentionBackend):
 
     def __init__(self) -> None:
         self._decode_f32 = _library().pe_paged_decode_f32
+        self._store_kv_f32 = _library().pe_store_kv_f32
+
+    def _store_kv(self, call: AttentionCall) -> None:
+        k, v = call.k, call.v
+        if k.stride() != v.stride() or k.stride(2) != 1 or k.stride(1) != k.shape[2]:
+            super()._store_kv(call)  # rows not laid out as the kernel reads them
+            return
+        k_pool = call.k_pool
+        num_kv_heads, num_slots, head_dim = k_pool.shape
+        self._store_kv_f32(
+            k.data_ptr(), v.data_ptr(), k.stride(0), k_pool.data_ptr(), call.v_pool.data_ptr(),
+            call.metadata.slot_mapping.data_ptr(), k.shape[0], num_kv_heads, head_dim, num_slots,
+        )  # fmt: skip
 
     def prepare(self, metadata: AttentionMetadata) -> None:
         # Decode reads the block tables directly: only prefill spans need derived tensors.
@@ -106,4 +119,7 @@ def _build_and_load() -> ctypes.CDLL:
     fn = lib.pe_paged_decode_f32
     fn.restype = ctypes.c_int32
     fn.argtypes = [_PTR] * 6 + [_I64] * 7 + [ctypes.c_float, ctypes.c_int32]
+    store = lib.pe_store_kv_f32
+    store.restype = None
+    store.argtypes = [_PTR, _PTR, _I64] + [_PTR] * 3 + [_I64] * 4
     return lib

@@ -145,3 +145,21 @@ int pe_paged_decode_f32(const float *q, const float *k_pool, const float *v_pool
     }
     return failed ? -1 : 0;
 }
+
+/* Write the step's new K and V rows into the pool: row m, KV head h goes to slot
+ * slot_mapping[m] of head h. k and v may be views into the fused qkv rows: their rows are
+ * `row_stride` floats apart, their heads `head_dim` apart. One call for what torch does in a
+ * dozen small operations (two index_copy_ with their views and transposes) every layer. */
+void pe_store_kv_f32(const float *k, const float *v, int64_t row_stride, float *k_pool,
+                     float *v_pool, const int64_t *slot_mapping, int64_t num_tokens,
+                     int64_t num_kv_heads, int64_t head_dim, int64_t num_slots) {
+    for (int64_t m = 0; m < num_tokens; m++) {
+        const int64_t slot = slot_mapping[m];
+        for (int64_t h = 0; h < num_kv_heads; h++) {
+            const int64_t src = m * row_stride + h * head_dim;
+            const int64_t dst = (h * num_slots + slot) * head_dim;
+            memcpy(k_pool + dst, k + src, (size_t)head_dim * sizeof(float));
+            memcpy(v_pool + dst, v + src, (size_t)head_dim * sizeof(float));
+        }
+    }
+}
