@@ -5,6 +5,7 @@ directory, and refuses what vLLM cannot do before a request reaches it."""
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 from pe_server.backends.base import EngineDeadError, ModelBackend
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from pe_engine.sampling_params import SamplingParams
 
 
-class VllmBaseBackend(ModelBackend):
+class VllmBaseBackend(ModelBackend, ABC):
     """A backend whose engine is vLLM. pe answers neither ``prompt_logprobs`` nor
     ``best_of > n`` through it (a 400 naming the backend)."""
 
@@ -24,8 +25,9 @@ class VllmBaseBackend(ModelBackend):
     supports_best_of = False
 
     @property
+    @abstractmethod
     def is_healthy(self) -> bool:
-        raise NotImplementedError
+        """Whether vLLM can take requests (each backend knows how it reaches vLLM)."""
 
     async def load_files(self) -> ModelFiles:
         """pe's tokenizer and chat builder for the model (vLLM alone loads the weights)."""
