@@ -107,18 +107,30 @@ class Int8Linear(nn.Module):
 def vnni_kernel() -> Any:
     """pe's int8 x int8 kernel (a ctypes function), or None where it does not build (no
     compiler, no AVX512-VNNI: the file refuses to compile) or ``PE_INT8_KERNEL=torch``."""
-    if os.environ.get("PE_INT8_KERNEL") == "torch":
-        return None
-    try:
-        lib = build_library("pe_engine.models.kernels", "int8_linear.c")
-    except KernelBuildError as exc:
-        log.info("int8 VNNI kernel unavailable (%s); using PyTorch's int8 kernel", exc)
+    lib = vnni_kernel_library()
+    if lib is None:
         return None
     fn = lib.pe_int8_linear
     fn.restype = ctypes.c_int32
     fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2
     fn.argtypes += [ctypes.c_int32]
     return fn
+
+
+def vnni_kernel_library() -> ctypes.CDLL | None:
+    """The library of the int8 kernel (and of the int8 decode layer, models/int8_layers.py)."""
+    if os.environ.get("PE_INT8_KERNEL") == "torch":
+        return None
+    return _build_vnni_library()
+
+
+@cache
+def _build_vnni_library() -> ctypes.CDLL | None:
+    try:
+        return build_library("pe_engine.models.kernels", "int8_linear.c")
+    except KernelBuildError as exc:
+        log.info("int8 VNNI kernel unavailable (%s); using PyTorch's int8 kernel", exc)
+        return None
 
 
 @cache

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,9 @@ from torch import nn
 
 from pe_engine.attention.backend import AttentionBackend, AttentionMetadata
 from pe_engine.models.fused_ops import FUSED_ROWS, FusedOps, fused_ops
+
+if TYPE_CHECKING:
+    from pe_engine.models.int8_layers import Int8DecodeLayers
 
 
 @dataclass(frozen=True)
@@ -269,6 +272,8 @@ class LlamaForCausalLM(nn.Module):
         self.model = LlamaModel(args, backend, max_positions)
         if not args.tie_word_embeddings:
             self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        # int8 decode steps in one C call per layer, where the runner found they can run
+        self.int8_layers: Int8DecodeLayers | None = None
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -318,8 +323,13 @@ class LlamaForCausalLM(nn.Module):
         normed = torch.empty_like(residual)
         cos_sin = self.model.rotary_emb.cos_sin
         delta = None
-        for layer in self.model.layers:
-            delta = layer.forward_fused(ops, residual, delta, normed, positions, cos_sin, metadata)
+        if self.int8_layers is not None and self.int8_layers.can_run(metadata):
+            self.int8_layers.run(residual, positions, metadata)
+        else:
+            for layer in self.model.layers:
+                delta = layer.forward_fused(
+                    ops, residual, delta, normed, positions, cos_sin, metadata
+                )
         norm = self.model.norm
         ops.add_rmsnorm(residual, delta, norm.weight, normed, norm.eps)
         return normed

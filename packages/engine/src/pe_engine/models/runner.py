@@ -91,9 +91,11 @@ class ModelRunner:
                 f"quantization={self.config.quantization!r} runs on the CPU only "
                 f"(device is {self.device.type})"
             )
+        from pe_engine.models.int8_layers import Int8DecodeLayers
         from pe_engine.models.int8_linear import quantize_linears
 
         quantize_linears(self.model)
+        self.model.int8_layers = Int8DecodeLayers.for_model(self.model)
 
     def _pack_cpu_linears(self) -> None:
         """CPU float32 (and bfloat16 where the CPU has native bfloat16): every linear (and a

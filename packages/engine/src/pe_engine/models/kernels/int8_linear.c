@@ -63,3 +63,89 @@ int pe_int8_linear(const float *x, const int8_t *w, const float *w_scale, const 
     }
     return 0;
 }
+
+/* ---- a whole decoder layer for decode rows, in one call (models/int8_layers.py) ----------
+ *
+ * With int8 weights every product of a Llama layer runs on pe_int8_linear above, so a decode
+ * step's layer needs no torch operator at all: this walks it in C, calling the fused small
+ * ops (models/kernels/fused_ops.c) and the paged attention (attention/kernels/cpu_attention.c)
+ * through the pointers in PeKernels, each library built on its own. One call a layer instead
+ * of some thirty Python-level calls and their dispatch (about a third of an int8 step). */
+
+typedef void (*pe_add_rmsnorm_fn)(float *, const float *, const float *, float *, int64_t,
+                                  int64_t, float);
+typedef void (*pe_rope_fn)(float *, int64_t, const int64_t *, const float *, int64_t, int64_t,
+                           int64_t);
+typedef void (*pe_silu_mul_fn)(const float *, float *, int64_t, int64_t);
+typedef void (*pe_store_kv_fn)(const float *, const float *, int64_t, float *, float *,
+                               const int64_t *, int64_t, int64_t, int64_t, int64_t);
+typedef int (*pe_decode_fn)(const float *, const float *, const float *, float *,
+                            const int64_t *, const int64_t *, int64_t, int64_t, int64_t, int64_t,
+                            int64_t, int64_t, int64_t, float, int32_t);
+
+typedef struct {
+    pe_add_rmsnorm_fn add_rmsnorm;
+    pe_rope_fn rope;
+    pe_silu_mul_fn silu_mul;
+    pe_store_kv_fn store_kv;
+    pe_decode_fn decode;
+} PeKernels;
+
+typedef struct { /* one int8 linear: weight [n, k], a scale per row, optional bias */
+    const int8_t *weight;
+    const float *scale;
+    const float *bias;
+    int64_t n, k;
+} PeInt8Weight;
+
+typedef struct { /* what a layer holds: fixed from the first step on */
+    const float *input_norm, *post_norm;
+    float eps, attn_scale;
+    PeInt8Weight qkv, o, gate_up, down;
+    float *k_pool, *v_pool; /* [num_kv_heads, num_slots, head_dim] each */
+    int64_t num_slots, block_size, num_heads, num_kv_heads, head_dim;
+} PeInt8Layer;
+
+typedef struct { /* one step: its rows and where they go, and the scratch every layer reuses */
+    int64_t num_rows;
+    const int64_t *positions, *slot_mapping, *block_tables, *context_lens;
+    int64_t table_stride;
+    const float *cos_sin;
+    float *normed, *qkv, *q, *attn, *gate_up, *act, *delta; /* [num_rows, width of each] */
+    int8_t *xq;
+    float *xs; /* pe_int8_linear's scratch, for the widest input */
+    int32_t threads;
+} PeStep;
+
+static int linear(const PeInt8Weight *w, const float *x, float *y, const PeStep *s) {
+    return pe_int8_linear(x, w->weight, w->scale, w->bias, y, s->num_rows, w->n, w->k, s->xq,
+                          s->xs, s->threads);
+}
+
+/* residual [num_rows, hidden] += the layer's attention, then its MLP. Every row is a decode
+ * query (one per sequence). Returns 0, or the first failing kernel's status. */
+int pe_int8_decode_layer(const PeKernels *kern, const PeInt8Layer *L, const PeStep *s,
+                         float *residual) {
+    const int64_t M = s->num_rows, H = L->o.n, D = L->head_dim;
+    const int64_t q_size = L->num_heads * D, kv_size = L->num_kv_heads * D;
+    const int64_t width = L->qkv.n, inter = L->down.k;
+    int status;
+    kern->add_rmsnorm(residual, NULL, L->input_norm, s->normed, M, H, L->eps);
+    if ((status = linear(&L->qkv, s->normed, s->qkv, s))) return status;
+    kern->rope(s->qkv, width, s->positions, s->cos_sin, M, L->num_heads + L->num_kv_heads, D);
+    kern->store_kv(s->qkv + q_size, s->qkv + q_size + kv_size, width, L->k_pool, L->v_pool,
+                   s->slot_mapping, M, L->num_kv_heads, D, L->num_slots);
+    for (int64_t m = 0; m < M; m++) /* the kernel reads queries as [num_rows, heads, D] */
+        for (int64_t i = 0; i < q_size; i++) s->q[m * q_size + i] = s->qkv[m * width + i];
+    status = kern->decode(s->q, L->k_pool, L->v_pool, s->attn, s->block_tables, s->context_lens,
+                          M, L->num_heads, L->num_kv_heads, D, L->num_slots / L->block_size,
+                          L->block_size, s->table_stride, L->attn_scale, s->threads);
+    if (status) return status;
+    if ((status = linear(&L->o, s->attn, s->delta, s))) return status;
+    kern->add_rmsnorm(residual, s->delta, L->post_norm, s->normed, M, H, L->eps);
+    if ((status = linear(&L->gate_up, s->normed, s->gate_up, s))) return status;
+    kern->silu_mul(s->gate_up, s->act, M, inter);
+    if ((status = linear(&L->down, s->act, s->delta, s))) return status;
+    for (int64_t i = 0; i < M * H; i++) residual[i] += s->delta[i];
+    return 0;
+}
