@@ -13,6 +13,9 @@ faster step. Decode rows (up to ``KERNEL_ROWS``) go through, in order of prefere
 Wider batches (prefill, many sequences) dequantize the weight to float32 for one ``F.linear``:
 both kernels read the weight once per row or so and slow down steeply with more rows.
 
+Pure decode steps of up to eight sequences on the VNNI kernel do not come through ``forward``
+at all: ``models/int8_layers.py`` walks each layer in one C call around the same kernel.
+
 Why not FBGEMM's dynamic int8 linear, which is fast at every width: it quantizes each call's
 input with one scale for all channels, and this model family's activations have outlier
 channels. Measured on SmolLM2-135M against float32 (RESULTS.md, "Int8 and bfloat16 quality"):
