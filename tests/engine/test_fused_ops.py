@@ -85,7 +85,12 @@ def test_generation_is_the_same_with_and_without_them(
             for out in outputs
         ]
 
+    fused_rows: list[int] = []
+    real_forward = model._forward_fused
+    model._forward_fused = lambda x, *a: fused_rows.append(x.shape[0]) or real_forward(x, *a)  # type: ignore[method-assign]
     fused = logprobs()
+    del model._forward_fused
+    assert len(prompts) in fused_rows  # the three sequences' decode steps took the fused path
     monkeypatch.setattr(llama, "fused_ops", lambda: None)
     reference = logprobs()
     for got_steps, want_steps in zip(fused, reference, strict=True):

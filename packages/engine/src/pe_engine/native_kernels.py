@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from pe_engine.gguf_model import cache_dir
 
@@ -46,6 +47,12 @@ def build_library(package: str, source_name: str, flags: Sequence[str] = FLAGS) 
         return ctypes.CDLL(str(path))
     except OSError as exc:
         raise KernelBuildError(f"cannot load {path}: {exc}") from exc
+
+
+def addresses(*functions: Any) -> tuple[int, ...]:
+    """The addresses of loaded C functions, for C code that calls them through pointers (the
+    int8 decode layer calls the fused ops and the attention kernel so)."""
+    return tuple(ctypes.cast(fn, ctypes.c_void_p).value or 0 for fn in functions)
 
 
 def kernel_dir() -> Path:

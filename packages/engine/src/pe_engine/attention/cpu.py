@@ -22,7 +22,7 @@ from functools import cache
 import torch
 
 from pe_engine.attention.backend import AttentionCall, AttentionMetadata, TorchAttentionBackend
-from pe_engine.native_kernels import FLAGS, KernelBuildError, build_library
+from pe_engine.native_kernels import FLAGS, KernelBuildError, addresses, build_library
 
 log = logging.getLogger("pe_engine")
 
@@ -37,6 +37,10 @@ class CpuAttentionBackend(TorchAttentionBackend):
     def __init__(self) -> None:
         self._decode_f32 = _library().pe_paged_decode_f32
         self._store_kv_f32 = _library().pe_store_kv_f32
+
+    def kernel_addresses(self) -> tuple[int, ...]:
+        """The K/V store's and the paged decode's addresses (models/int8_layers.py)."""
+        return addresses(self._store_kv_f32, self._decode_f32)
 
     def _store_kv(self, call: AttentionCall) -> None:
         k, v = call.k, call.v

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from pe_engine.native_kernels import KernelBuildError, build_library
+from pe_engine.native_kernels import KernelBuildError, addresses, build_library
 
 log = logging.getLogger("pe_engine")
 
@@ -38,11 +38,9 @@ class FusedOps:
         self._rope = _declare(lib.pe_rope, [_PTR, _I64, _PTR, _PTR] + [_I64] * 3)
         self._silu_mul = _declare(lib.pe_silu_mul, [_PTR] * 2 + [_I64] * 2)
 
-    def addresses(self) -> tuple[int | None, int | None, int | None]:
-        """The C functions' addresses (add_rmsnorm, rope, silu_mul), for C code that calls
-        them (models/int8_layers.py)."""
-        functions = (self._add_rmsnorm, self._rope, self._silu_mul)
-        return tuple(ctypes.cast(fn, ctypes.c_void_p).value for fn in functions)  # type: ignore[return-value]
+    def addresses(self) -> tuple[int, ...]:
+        """add_rmsnorm's, rope's and silu_mul's addresses (models/int8_layers.py)."""
+        return addresses(self._add_rmsnorm, self._rope, self._silu_mul)
 
     def add_rmsnorm(
         self,

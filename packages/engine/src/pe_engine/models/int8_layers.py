@@ -84,14 +84,10 @@ class Int8DecodeLayers:
             return None
         if not all(_runs_on_the_kernel(layer) for layer in layers):
             return None
-        if not isinstance(layers[0].self_attn.backend, cpu_attention.CpuAttentionBackend):
+        backend = layers[0].self_attn.backend
+        if not isinstance(backend, cpu_attention.CpuAttentionBackend):
             return None
-        attention = cpu_attention._library()
-        kernels = _Kernels(
-            *ops.addresses(),
-            ctypes.cast(attention.pe_store_kv_f32, c_void_p).value,
-            ctypes.cast(attention.pe_paged_decode_f32, c_void_p).value,
-        )
+        kernels = _Kernels(*ops.addresses(), *backend.kernel_addresses())
         run_layer = lib.pe_int8_decode_layer
         run_layer.restype = c_int32
         run_layer.argtypes = [ctypes.POINTER(_Kernels), ctypes.POINTER(_Layer),
@@ -159,13 +155,11 @@ class Int8DecodeLayers:
 def _runs_on_the_kernel(layer: LlamaDecoderLayer) -> bool:
     linears = [layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj,
                layer.mlp.down_proj]  # fmt: skip
-    return all(isinstance(lin, Int8Linear) and lin.in_features % 64 == 0 for lin in linears)
+    return all(isinstance(lin, Int8Linear) and lin.fits_kernel for lin in linears)
 
 
 def _weight(linear: Int8Linear) -> _Weight:
-    bias = None if linear.bias is None else linear.bias.data_ptr()
-    return _Weight(linear.weight.data_ptr(), linear.scale.data_ptr(), bias,
-                   linear.out_features, linear.in_features)  # fmt: skip
+    return _Weight(*linear.kernel_pointers, linear.out_features, linear.in_features)
 
 
 def _layer_struct(layer: LlamaDecoderLayer) -> _Layer:

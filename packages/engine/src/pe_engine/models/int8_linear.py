@@ -57,9 +57,11 @@ class Int8Linear(nn.Module):
         self.scale = scale  # float32, for the dequantized path
         self.kernel_scale = scale.to(torch.bfloat16)
         self.bias = None if bias is None else bias.detach().float()
-        # the VNNI kernel's arguments that never change, and its scratch (grown on demand)
+        # the VNNI kernel's arguments that never change (read by models/int8_layers.py too),
+        # and its scratch (grown on demand)
         bias_pointer = None if self.bias is None else self.bias.data_ptr()
-        self._pointers = (self.weight.data_ptr(), self.scale.data_ptr(), bias_pointer)
+        self.kernel_pointers = (self.weight.data_ptr(), self.scale.data_ptr(), bias_pointer)
+        self.fits_kernel = self.in_features % 64 == 0  # the VNNI kernel's unit of input
         self._scratch: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def dequantized(self) -> torch.Tensor:
@@ -68,7 +70,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x if x.dim() == 2 else x.reshape(-1, self.in_features)
-        if rows.shape[0] <= KERNEL_ROWS and self.in_features % 64 == 0 and vnni_kernel():
+        if rows.shape[0] <= KERNEL_ROWS and self.fits_kernel and vnni_kernel():
             y = self._vnni(rows)
         elif rows.shape[0] <= KERNEL_ROWS and int8_kernel_works():
             y = torch.ops.aten._weight_int8pack_mm(
@@ -95,7 +97,7 @@ class Int8Linear(nn.Module):
         quantized, scales = self._scratch
         y = torch.empty(num_rows, self.out_features)
         status = vnni_kernel()(
-            rows.data_ptr(), *self._pointers, y.data_ptr(), num_rows, self.out_features,
+            rows.data_ptr(), *self.kernel_pointers, y.data_ptr(), num_rows, self.out_features,
             self.in_features, quantized.data_ptr(), scales.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
         if status != 0:
