@@ -3,7 +3,7 @@ request at a time, pe and llama.cpp (llama-cpp-python) in one run on the same we
 
 Both engines run SmolLM2-135M-Instruct (the demo model) on ``--threads`` threads. pe loads the
 demo's Hugging Face directory (the Q4_1 GGUF dequantized to float32) as float32, bfloat16 and
-int8 (per-channel int8 linears, float32 activations); llama.cpp loads f32, f16 and q8_0 files
+int8 (Q8_0 int8 linears: the very blocks llama.cpp's q8_0 file holds); llama.cpp loads f32, f16 and q8_0 files
 made once from the same Q4_1 GGUF by llama.cpp's own quantizer (``llama_model_quantize``,
 requantizing), cached beside pe's converted models. Both therefore start from the same
 dequantized-Q4_1 values.

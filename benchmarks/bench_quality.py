@@ -11,9 +11,9 @@ follows. Per variant:
 - perplexity: exp of the mean negative log-probability of the true next tokens, and its change
   against float32's.
 
-pe's rows are float32, bfloat16 and int8 (weight-only per-channel int8 linears: float32
-activations through the dequantized product that prefill uses, and again with every row on
-the decode kernel, whose activations are bfloat16). Where
+pe's rows are float32, bfloat16 and int8 (Q8_0 int8 weights: float32 activations through the
+dequantized product that prefill uses, and again with every row on the decode kernel, whose
+activations are quantized per block of 32 as llama.cpp's). Where
 llama-cpp-python is importable, llama.cpp's f16 and q8_0 are measured the same way against its
 own f32 (bench_latency's requantized files, loaded as it loads them), and its f32 against pe's
 float32 (both hold the same dequantized Q4_1 weights, so this shows the engines agree).

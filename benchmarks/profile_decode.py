@@ -159,8 +159,8 @@ def model_weight_bytes(llm: Any) -> int:
     for module in model.modules():
         if isinstance(module, PackedLinear):
             total += module.in_features * module.out_features * itemsize
-        elif isinstance(module, Int8Linear):  # int8 values and a float32 scale per row
-            total += (module.in_features + 4) * module.out_features
+        elif isinstance(module, Int8Linear):  # int8 values and a float16 scale per 32
+            total += module.weight.numel() + module.scale.numel() * 2
     head = getattr(model, "lm_head", None)
     if head is None or getattr(head, "weight", None) is table:  # a tied head reads the table
         total += table.numel() * table.element_size()

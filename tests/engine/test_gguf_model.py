@@ -29,8 +29,9 @@ def permute_for_llama_cpp(weights: torch.Tensor, num_heads: int) -> torch.Tensor
     return weights.reshape(num_heads, 2, shape[0] // num_heads // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)  # fmt: skip
 
 
-def write_llama_gguf(model_dir: Path, out: Path) -> Path:
-    """Write the HF Llama directory ``model_dir`` as a float32 GGUF file ``out``."""
+def write_llama_gguf(model_dir: Path, out: Path, *, q8_0: bool = False) -> Path:
+    """Write the HF Llama directory ``model_dir`` as a float32 GGUF file ``out`` (with
+    ``q8_0``: its matrices as Q8_0 blocks, gguf-py's copy of llama.cpp's quantizer)."""
     import gguf
     from safetensors.torch import load_file
 
@@ -48,7 +49,7 @@ def write_llama_gguf(model_dir: Path, out: Path) -> Path:
     writer.add_rope_freq_base(config["rope_parameters"]["rope_theta"])
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
     writer.add_vocab_size(config["vocab_size"])
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if q8_0 else gguf.LlamaFileType.ALL_F32)
     _add_tokenizer(writer, model_dir, config["vocab_size"])
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
     for name, tensor in load_file(str(model_dir / "model.safetensors")).items():
@@ -58,7 +59,12 @@ def write_llama_gguf(model_dir: Path, out: Path) -> Path:
             tensor = permute_for_llama_cpp(tensor, kv_heads)
         gguf_name = names.get_name(name, try_suffixes=(".weight",))
         assert gguf_name is not None, name
-        writer.add_tensor(gguf_name, tensor.float().numpy())
+        array = tensor.float().numpy()
+        if q8_0 and tensor.dim() == 2:
+            kind = gguf.GGMLQuantizationType.Q8_0
+            writer.add_tensor(gguf_name, gguf.quants.quantize(array, kind), raw_dtype=kind)
+        else:
+            writer.add_tensor(gguf_name, array)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -126,6 +132,44 @@ def test_gguf_path_serves_the_same_greedy_tokens_as_the_hf_directory(
     from_gguf = greedy_token_ids(tiny_gguf)
     assert from_gguf == greedy_token_ids(tiny_llama_dir)
     assert all(len(ids) == 12 for ids in from_gguf)
+
+
+def test_int8_from_a_q8_0_gguf_holds_the_files_blocks(
+    tiny_llama_dir: Path, tmp_path: Path, cache: Path
+) -> None:
+    """quantization="int8" on a Q8_0 file: every int8 linear (and the output head) holds the
+    file's own Q8_0 values and scales, which dequantize exactly to the weights the plain
+    (dequantized float32) load of the same file runs."""
+    from pe_engine.models.int8_linear import Int8Linear
+
+    q8_file = write_llama_gguf(tiny_llama_dir, tmp_path / "tiny-llama.Q8_0.gguf", q8_0=True)
+    settings: dict[str, Any] = {"dtype": "float32", "device": "cpu", "max_model_len": 64,
+                                "num_kv_blocks": 16, "block_size": 8}  # fmt: skip
+    plain = LLM(str(q8_file), cpu_linear="torch", **settings).engine.runner.model
+    quantized = LLM(str(q8_file), quantization="int8", **settings).engine.runner.model
+    linears = dict(quantized.named_modules())
+    int8 = {name: m for name, m in linears.items() if isinstance(m, Int8Linear)}
+    assert len(int8) == 4 * len(quantized.layers) + 1
+    for name, module in int8.items():
+        weight = plain.get_submodule(name).weight
+        assert module.fits_kernel
+        assert torch.equal(module.dequantized(), weight), name
+        assert not torch.equal(weight, load_hf_weight(tiny_llama_dir, name)), name  # Q8_0 values
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    llm = LLM(str(q8_file), quantization="int8", **settings)
+    (out,) = llm.generate(PROMPTS[:1], params, use_tqdm=False)
+    assert len(out.outputs[0].token_ids) == 8
+
+
+def load_hf_weight(model_dir: Path, module_name: str) -> torch.Tensor:
+    """The unquantized weight behind one of pe's (possibly fused) linears."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(model_dir / "model.safetensors"))
+    parts = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+    prefix, _, leaf = module_name.rpartition(".")
+    names = [f"{prefix}.{part}.weight".lstrip(".") for part in parts.get(leaf, (leaf,))]
+    return torch.cat([state[name if name in state else "model." + name] for name in names])
 
 
 def test_converted_directory_holds_the_weights_tokenizer_and_template(

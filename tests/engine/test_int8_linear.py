@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,7 @@ from pe_engine import LLM, SamplingParams
 from pe_engine.config import EngineConfig
 from pe_engine.models import int8_linear
 from pe_engine.models.int8_linear import Int8Linear
+from pe_engine.native_kernels import KernelBuildError, build_library
 
 PROMPTS = ["The capital of France is", "def fib(n):", "1, 2, 3, 4,"]
 
@@ -22,43 +25,73 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got - want).norm() / want.norm())
 
 
+def blocks_of(weight: torch.Tensor) -> torch.Tensor:
+    return weight.view(weight.shape[0], -1, 32)
+
+
 @pytest.mark.parametrize("rows", [1, 2, 3, 64])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_int8_linear_matches_its_dequantized_weight(rows: int, with_bias: bool) -> None:
-    """Up to KERNEL_ROWS rows: the int8 kernel (bfloat16 activations); more: float32 exactly."""
+    """Each block of 32 within half a step of its scale; up to KERNEL_ROWS rows the int8
+    kernel (inputs quantized per 32), more: the dequantized product exactly."""
     gen = torch.Generator().manual_seed(rows)
-    weight, x = torch.randn(96, 80, generator=gen), torch.randn(rows, 80, generator=gen)
+    weight, x = torch.randn(96, 96, generator=gen), torch.randn(rows, 96, generator=gen)
     bias = torch.randn(96, generator=gen) if with_bias else None
     layer = Int8Linear(weight, bias)
-    step = weight.abs().amax(dim=1, keepdim=True) / 127
-    assert ((layer.dequantized() - weight).abs() <= step / 2 + 1e-6).all()
+    assert layer.weight.dtype == torch.int8 and layer.scale.shape == (96, 3)
+    step = blocks_of(weight).abs().amax(dim=2, keepdim=True) / 127
+    error = (blocks_of(layer.dequantized()) - blocks_of(weight)).abs()
+    # half a step, plus the float16 scale's rounding (2**-11 relative) times up to 127 steps
+    assert (error <= step * (0.5 + 127 * 2**-11) + 1e-6).all()
     exact = F.linear(x, layer.dequantized(), bias)
-    if rows <= int8_linear.KERNEL_ROWS:
-        assert relative_error(layer(x), exact) < 0.01  # bfloat16 rounding of the inputs
+    if rows <= int8_linear.KERNEL_ROWS and int8_linear.int8_kernel() is not None:
+        assert relative_error(layer(x), exact) < 0.01  # the inputs' int8 blocks
     else:
         torch.testing.assert_close(layer(x), exact)
     assert relative_error(layer(x), F.linear(x, weight, bias)) < 0.01
-    assert layer(x.view(1, rows, 80)).shape == (1, rows, 96)
+    assert layer(x.view(1, rows, 96)).shape == (1, rows, 96)
     assert layer(x.bfloat16()).dtype == torch.bfloat16
 
 
 def test_int8_linear_without_the_kernel_is_the_dequantized_product(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(int8_linear, "int8_kernel_works", lambda: False)
+    """No kernel (PE_INT8_KERNEL=torch, or a CPU it does not build for), or an input width
+    that is not whole blocks (a last block zero-padded): the dequantized product."""
     gen = torch.Generator().manual_seed(0)
-    weight, x = torch.randn(32, 16, generator=gen), torch.randn(1, 16, generator=gen)
+    weight, x = torch.randn(32, 40, generator=gen), torch.randn(1, 40, generator=gen)
     layer = Int8Linear(weight)
+    assert layer.scale.shape == (32, 2) and not layer.fits_kernel
     torch.testing.assert_close(layer(x), F.linear(x, layer.dequantized()))
+    monkeypatch.setattr(int8_linear, "int8_kernel", lambda: None)
+    layer = Int8Linear(weight[:, :32])
+    torch.testing.assert_close(layer(x[:, :32]), F.linear(x[:, :32], layer.dequantized()))
 
 
-@pytest.mark.skipif(int8_linear.vnni_kernel() is None, reason="no AVX512-VNNI kernel here")
+def test_weights_are_llama_cpp_q8_0_blocks_bit_for_bit() -> None:
+    """The values and float16 scales llama.cpp's quantizer makes (gguf-py's copy of it), and a
+    Q8_0 file's weights, dequantized as a GGUF loads, quantize back to the file's blocks."""
+    gguf = pytest.importorskip("gguf")
+    gen = torch.Generator().manual_seed(3)
+    weight = torch.randn(64, 160, generator=gen) * torch.rand(64, 1, generator=gen) * 4
+    weight[0, :32] = 0  # an all-zero block: scale 0
+    weight[1, 5] = 2.5 * weight[1, :32].abs().max()  # an outlier
+    kind = gguf.GGMLQuantizationType.Q8_0
+    blocks = gguf.quants.quantize(weight.numpy(), kind).reshape(64, 5, 34)
+    file_scales = torch.from_numpy(blocks[..., :2].copy().view(np.float16)[..., 0])
+    file_values = torch.from_numpy(blocks[..., 2:].copy().view(np.int8).reshape(64, 160))
+    for source in (weight, torch.from_numpy(gguf.quants.dequantize(blocks.reshape(64, -1), kind))):
+        layer = Int8Linear(source)
+        assert torch.equal(layer.weight, file_values)
+        assert torch.equal(layer.scale.view(torch.int16), file_scales.view(torch.int16))
+    torch.testing.assert_close(layer.dequantized(), source, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(int8_linear.int8_kernel() is None, reason="no int8 kernel here")
 @pytest.mark.parametrize("rows", [1, 2])
-def test_vnni_kernel_blocks_its_inputs_like_q8_0(
-    rows: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Decode rows take pe's VNNI kernel: inputs quantized per 32, close to the exact product
-    and as close as PyTorch's kernel (bfloat16 inputs); the same layer without it falls back."""
+def test_kernel_blocks_its_inputs_like_q8_0(rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decode rows take pe's int8 kernel: inputs quantized per 32, close to the exact product;
+    the same layer without it computes the dequantized product."""
     gen = torch.Generator().manual_seed(7)
     weight, x = torch.randn(200, 576, generator=gen), torch.randn(rows, 576, generator=gen)
     layer = Int8Linear(weight, torch.randn(200, generator=gen))
@@ -66,23 +99,67 @@ def test_vnni_kernel_blocks_its_inputs_like_q8_0(
     got = layer(x)
     assert relative_error(got, exact) < 0.01
     calls: list[int] = []
-    real = int8_linear.vnni_kernel()
-    monkeypatch.setattr(int8_linear, "vnni_kernel", lambda: lambda *a: calls.append(1) or real(*a))
+    real = int8_linear.int8_kernel()
+    monkeypatch.setattr(int8_linear, "int8_kernel", lambda: lambda *a: calls.append(1) or real(*a))
     layer(x)
     assert calls == [1]
-    monkeypatch.setattr(int8_linear, "vnni_kernel", lambda: None)  # PE_INT8_KERNEL=torch
-    assert relative_error(layer(x), exact) < 0.01  # PyTorch's int8 kernel
-    assert relative_error(layer(x), got) < 0.01
+    monkeypatch.setattr(int8_linear, "int8_kernel", lambda: None)  # PE_INT8_KERNEL=torch
+    torch.testing.assert_close(layer(x), exact)
 
 
-def test_vnni_kernel_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PE_INT8_KERNEL", "torch")
-    int8_linear.vnni_kernel.cache_clear()
+def avx2_kernel() -> Any:
+    """The kernel's AVX2 build (what a CPU without AVX512-VNNI runs), or None off x86."""
     try:
-        assert int8_linear.vnni_kernel() is None
+        lib = build_library(
+            "pe_engine.models.kernels", "int8_linear.c",
+            ("-O3", "-march=haswell", "-fopenmp", "-fno-math-errno", "-fPIC", "-shared"),
+        )  # fmt: skip
+    except KernelBuildError:
+        return None
+    fn = lib.pe_int8_linear
+    fn.restype = ctypes.c_int32
+    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2
+    fn.argtypes += [ctypes.c_int32]
+    return fn
+
+
+@pytest.mark.parametrize("in_features", [32, 544, 576])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_both_kernel_builds_agree_with_the_dequantized_product(in_features: int, rows: int) -> None:
+    """The AVX512-VNNI and the AVX2 build (odd and even block counts): the same int8 sums, so
+    results equal to float rounding, and within the inputs' quantization of the exact product."""
+    builds = [fn for fn in (int8_linear.int8_kernel(), avx2_kernel()) if fn is not None]
+    if not builds:
+        pytest.skip("no x86 int8 kernel builds here")
+    gen = torch.Generator().manual_seed(in_features + rows)
+    layer = Int8Linear(torch.randn(48, in_features, generator=gen), torch.randn(48, generator=gen))
+    x = torch.randn(rows, in_features, generator=gen)
+    exact = F.linear(x, layer.dequantized(), layer.bias)
+    results = []
+    for fn in builds:
+        y = torch.empty(rows, 48)
+        xq, xs = (
+            torch.empty(rows, in_features, dtype=torch.int8),
+            torch.empty(rows, in_features // 32),
+        )
+        status = fn(
+            x.data_ptr(), *layer.kernel_pointers, y.data_ptr(), rows, 48, in_features,
+            xq.data_ptr(), xs.data_ptr(), 2,
+        )  # fmt: skip
+        assert status == 0
+        assert relative_error(y, exact) < 0.015
+        results.append(y)
+    torch.testing.assert_close(results[0], results[-1], rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PE_INT8_KERNEL", "torch")
+    int8_linear.int8_kernel.cache_clear()
+    try:
+        assert int8_linear.int8_kernel() is None
     finally:
         monkeypatch.delenv("PE_INT8_KERNEL")
-        int8_linear.vnni_kernel.cache_clear()
+        int8_linear.int8_kernel.cache_clear()
 
 
 def int8_llm(model_dir: Path, **kwargs: object) -> LLM:

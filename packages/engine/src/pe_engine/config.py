@@ -53,8 +53,8 @@ class EngineSettings(BaseModel):
     max_embeds_bytes: int = Field(256 * 2**20, ge=1)
     seed: int = 0
     enforce_eager: bool = False  # CUDA: no decode CUDA graphs
-    # "int8": the decoder layers' linear weights in int8 with a scale per output channel
-    # (CPU, native engine); None: the weights in ``dtype``. vLLM's flag name (--quantization).
+    # "int8": every linear's weights (and the output head) as llama.cpp's Q8_0, int8 with a
+    # float16 scale per 32 inputs (CPU, native engine); None: the weights in ``dtype``. vLLM's flag name (--quantization).
     quantization: str | None = None
 
     @field_validator("dtype", mode="before")

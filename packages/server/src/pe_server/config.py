@@ -225,7 +225,7 @@ class ServerConfig(EngineSettings):
             )
         if method not in QUANTIZATIONS:
             raise ValueError(
-                f"{flag}: the native backend has int8 (weight int8 per output channel, CPU); "
+                f"{flag}: the native backend has int8 (Q8_0 int8 weights, CPU); "
                 "use --backend vllm for vLLM's methods"
             )
 

@@ -1,4 +1,4 @@
-"""Int8 decode steps with one C call per layer (``quantization="int8"`` on AVX512-VNNI CPUs).
+"""Int8 decode steps with one C call per layer (``quantization="int8"`` on x86 CPUs).
 
 With every product of a layer on pe's int8 kernel, a decode step of the layer needs no torch
 operator: ``pe_int8_decode_layer`` (``kernels/int8_linear.c``) runs the norms, the products,
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pe_engine.models.int8_linear import Int8Linear, vnni_kernel_library
+from pe_engine.models.int8_linear import Int8Linear, int8_kernel_library
 
 if TYPE_CHECKING:
     from pe_engine.attention.backend import AttentionMetadata
@@ -78,7 +78,7 @@ class Int8DecodeLayers:
         from pe_engine.attention import cpu as cpu_attention
         from pe_engine.models.fused_ops import fused_ops
 
-        lib, ops = vnni_kernel_library(), fused_ops()
+        lib, ops = int8_kernel_library(), fused_ops()
         layers = list(model.layers)
         if lib is None or ops is None or model.args.qk_norm or not layers:
             return None
@@ -132,7 +132,7 @@ class Int8DecodeLayers:
         sizes = {
             "normed": args.hidden_size, "qkv": width, "q": q_size, "attn": q_size,
             "gate_up": 2 * args.intermediate_size, "act": args.intermediate_size,
-            "delta": args.hidden_size, "xq": widest, "xs": widest // 4,
+            "delta": args.hidden_size, "xq": widest, "xs": widest // 32,
         }  # fmt: skip
         tensors = [
             torch.empty(num_rows, sizes[name], dtype=torch.int8 if name == "xq" else None)

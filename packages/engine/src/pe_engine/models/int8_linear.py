@@ -1,25 +1,26 @@
-"""Int8 linears on the CPU (``quantization="int8"``).
+"""Int8 linears on the CPU (``quantization="int8"``), in llama.cpp's Q8_0 format.
 
-Each weight row (output channel) is stored as int8 with one scale, ``absmax / 127``: a quarter
-of float32's bytes, half of bfloat16's. Batch-1 decode on the CPU is bound by the bytes of
-weight a step reads (benchmarks/RESULTS.md, "Batch-1 decode breakdown"), so fewer bytes make a
-faster step. Decode rows (up to ``KERNEL_ROWS``) go through, in order of preference:
+Each weight row is split into blocks of 32 inputs, each stored as int8 with one float16 scale,
+``absmax / 127``, rounded as llama.cpp's quantizer rounds it: 8.5 bits a weight, about a quarter
+of float32's bytes. Batch-1 decode on the CPU is bound by the bytes of weight a step reads
+(benchmarks/RESULTS.md, "Batch-1 decode breakdown"), so fewer bytes make a faster step. Being
+Q8_0 exactly, a Q8_0 GGUF's weights (dequantized on load, gguf_model.py) quantize back to the
+file's own blocks bit for bit, and pe's int8 holds the same weights as llama.cpp's q8_0.
 
-- pe's C kernel (``kernels/int8_linear.c``, AVX512-VNNI): the input rows quantized to int8 in
-  blocks of 32 with a scale each, as llama.cpp's q8_0 does, and multiplied int8 by int8;
-- PyTorch's int8-weight matrix-vector kernel (``aten._weight_int8pack_mm``, bfloat16 inputs)
-  where that kernel cannot be built.
+Decode rows (up to ``KERNEL_ROWS``) go through pe's C kernel (``kernels/int8_linear.c``,
+AVX512-VNNI or AVX2): the input rows quantized to int8 in blocks of 32 with a scale each, as
+llama.cpp does, and multiplied int8 by int8. Wider batches (prefill, many sequences), and every
+product where the kernel cannot be built (no x86 SIMD, no compiler, ``PE_INT8_KERNEL=torch``),
+dequantize the weight to float32 for one ``F.linear``: the kernel reads the weight once per row
+or so and slows down steeply with more rows.
 
-Wider batches (prefill, many sequences) dequantize the weight to float32 for one ``F.linear``:
-both kernels read the weight once per row or so and slow down steeply with more rows.
-
-Pure decode steps of up to eight sequences on the VNNI kernel do not come through ``forward``
-at all: ``models/int8_layers.py`` walks each layer in one C call around the same kernel.
+Pure decode steps of up to eight sequences on the kernel do not come through ``forward`` at
+all: ``models/int8_layers.py`` walks each layer in one C call around the same kernel.
 
 Why not FBGEMM's dynamic int8 linear, which is fast at every width: it quantizes each call's
 input with one scale for all channels, and this model family's activations have outlier
 channels. Measured on SmolLM2-135M against float32 (RESULTS.md, "Int8 and bfloat16 quality"):
-62% top-1 agreement and +66% perplexity with it, against about 95-96% and +0.4-0.6% for these
+62% top-1 agreement and +66% perplexity with it, against about 95-96% and +0.4-0.6% for int8
 weights with blocked or unquantized inputs (llama.cpp's q8_0: 96%, +0.3%).
 """
 
@@ -43,48 +44,40 @@ log = logging.getLogger("pe_engine")
 # bfloat16 oneDNN: 1.2-1.9x faster at one row, even at two, slower from four. A module global
 # so that bench_quality.py can send every row through the kernel to score its numbers.
 KERNEL_ROWS = 2
+BLOCK = 32  # inputs per scale, as Q8_0
 
 
 class Int8Linear(nn.Module):
-    """``y = x @ dequant(weight).T + bias``, ``weight`` int8 ``[out, in]`` with a per-row scale."""
+    """``y = x @ dequant(weight).T + bias``: ``weight`` int8 ``[out, in]``, ``scale`` float16
+    ``[out, ceil(in / 32)]`` (llama.cpp's Q8_0 blocks, as two tensors)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        w = weight.detach().float()
-        scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-        self.weight = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
-        self.scale = scale  # float32, for the dequantized path
-        self.kernel_scale = scale.to(torch.bfloat16)
+        self.weight, self.scale = quantize_q8_0(weight.detach())
         self.bias = None if bias is None else bias.detach().float()
-        # the VNNI kernel's arguments that never change (read by models/int8_layers.py too),
-        # and its scratch (grown on demand)
+        # the kernel's arguments that never change (read by models/int8_layers.py too), and
+        # its scratch (grown on demand)
         bias_pointer = None if self.bias is None else self.bias.data_ptr()
         self.kernel_pointers = (self.weight.data_ptr(), self.scale.data_ptr(), bias_pointer)
-        self.fits_kernel = self.in_features % 64 == 0  # the VNNI kernel's unit of input
+        self.fits_kernel = self.in_features % BLOCK == 0
         self._scratch: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def dequantized(self) -> torch.Tensor:
         """The float32 weight the int8 values and scales stand for."""
-        return self.weight.to(torch.float32) * self.scale[:, None]
+        return dequantize_q8_0(self.weight, self.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x if x.dim() == 2 else x.reshape(-1, self.in_features)
-        if rows.shape[0] <= KERNEL_ROWS and self.fits_kernel and vnni_kernel():
-            y = self._vnni(rows)
-        elif rows.shape[0] <= KERNEL_ROWS and int8_kernel_works():
-            y = torch.ops.aten._weight_int8pack_mm(
-                rows.to(torch.bfloat16), self.weight, self.kernel_scale
-            )
-            if self.bias is not None:
-                y = y.float() + self.bias
+        if rows.shape[0] <= KERNEL_ROWS and self.fits_kernel and int8_kernel():
+            y = self._kernel(rows)
         else:
             y = F.linear(rows.float(), self.dequantized(), self.bias)
         y = y.to(x.dtype)
         return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
 
-    def _vnni(self, rows: torch.Tensor) -> torch.Tensor:
-        """pe's VNNI kernel: float32 rows in, float32 out (a decode step makes ~120 of these
+    def _kernel(self, rows: torch.Tensor) -> torch.Tensor:
+        """pe's int8 kernel: float32 rows in, float32 out (a decode step makes ~120 of these
         calls, so the scratch and the weight pointers are made once)."""
         if rows.dtype != torch.float32 or not rows.is_contiguous():
             rows = rows.float().contiguous()
@@ -92,11 +85,11 @@ class Int8Linear(nn.Module):
         if self._scratch is None or self._scratch[0].shape[0] < num_rows:
             self._scratch = (
                 torch.empty(num_rows, self.in_features, dtype=torch.int8),
-                torch.empty(num_rows, self.in_features // 4),
+                torch.empty(num_rows, self.in_features // BLOCK),
             )
         quantized, scales = self._scratch
         y = torch.empty(num_rows, self.out_features)
-        status = vnni_kernel()(
+        status = int8_kernel()(
             rows.data_ptr(), *self.kernel_pointers, y.data_ptr(), num_rows, self.out_features,
             self.in_features, quantized.data_ptr(), scales.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
@@ -105,14 +98,43 @@ class Int8Linear(nn.Module):
         return y
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+        return f"in_features={self.in_features}, out_features={self.out_features}, q8_0"
+
+
+def quantize_q8_0(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``weight`` ``[out, in]`` as int8 values and float16 scales per block of 32 inputs, the
+    way llama.cpp's ``quantize_row_q8_0`` makes them: d = absmax / 127 in float32, values
+    round(x / d) (halves away from zero) from the float32 d, d stored as float16. A last block
+    shorter than 32 is quantized as if padded with zeros."""
+    out_features, in_features = weight.shape
+    blocks = -(-in_features // BLOCK)
+    w = F.pad(weight.float(), (0, blocks * BLOCK - in_features))
+    w = w.view(out_features, blocks, BLOCK)
+    d = w.abs().amax(dim=2) / 127.0
+    inverse = torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
+    scaled = w * inverse[..., None]
+    # C's roundf: halves away from zero (torch.round takes them to even)
+    halves = (scaled - scaled.trunc()).abs() == 0.5
+    rounded = torch.where(halves, scaled.trunc() + scaled.sign(), scaled.round())
+    values = rounded.clamp(-127, 127).to(torch.int8).view(out_features, -1)
+    return values[:, :in_features].contiguous(), d.to(torch.float16)
+
+
+def dequantize_q8_0(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    out_features, in_features = values.shape
+    blocks = scale.shape[1]
+    padded = F.pad(values.float(), (0, blocks * BLOCK - in_features)).view(
+        out_features, blocks, BLOCK
+    )
+    return (padded * scale.float()[..., None]).view(out_features, -1)[:, :in_features]
 
 
 @cache
-def vnni_kernel() -> Any:
+def int8_kernel() -> Any:
     """pe's int8 x int8 kernel (a ctypes function), or None where it does not build (no
-    compiler, no AVX512-VNNI: the file refuses to compile) or ``PE_INT8_KERNEL=torch``."""
-    lib = vnni_kernel_library()
+    compiler, neither AVX512-VNNI nor AVX2: the file refuses to compile) or
+    ``PE_INT8_KERNEL=torch``."""
+    lib = int8_kernel_library()
     if lib is None:
         return None
     fn = lib.pe_int8_linear
@@ -122,34 +144,20 @@ def vnni_kernel() -> Any:
     return fn
 
 
-def vnni_kernel_library() -> ctypes.CDLL | None:
+def int8_kernel_library() -> ctypes.CDLL | None:
     """The library of the int8 kernel (and of the int8 decode layer, models/int8_layers.py)."""
     if os.environ.get("PE_INT8_KERNEL") == "torch":
         return None
-    return _build_vnni_library()
+    return _build_int8_library()
 
 
 @cache
-def _build_vnni_library() -> ctypes.CDLL | None:
+def _build_int8_library() -> ctypes.CDLL | None:
     try:
         return build_library("pe_engine.models.kernels", "int8_linear.c")
     except KernelBuildError as exc:
-        log.info("int8 VNNI kernel unavailable (%s); using PyTorch's int8 kernel", exc)
+        log.warning("int8 kernel unavailable (%s); int8 layers run dequantized (slow)", exc)
         return None
-
-
-@cache
-def int8_kernel_works() -> bool:
-    """This torch has the int8-weight kernel and it agrees with the dequantized product."""
-    try:
-        gen = torch.Generator().manual_seed(0)
-        layer = Int8Linear(torch.randn(48, 64, generator=gen))
-        x = torch.randn(2, 64, generator=gen).to(torch.bfloat16)
-        got = torch.ops.aten._weight_int8pack_mm(x, layer.weight, layer.kernel_scale).float()
-        want = F.linear(x.float(), layer.dequantized())
-        return torch.allclose(got, want, atol=0.1, rtol=0.05)
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
 
 
 def quantize_linears(model: nn.Module) -> int:

@@ -1,65 +1,113 @@
-/* Int8 x int8 products for decode rows on x86 CPUs with AVX512-VNNI (quantization="int8").
+/* Int8 x int8 products for decode rows on x86 CPUs (quantization="int8").
  *
- * y[m, n] = w_scale[n] * sum_k w[n, k] * x[m, k] (+ bias[n]), with w int8 [N, K] (one scale per
- * output row) and x float32 [M, K]. Each row of x is first quantized to int8 in blocks of 32
- * inputs, one scale per block (absmax / 127), as llama.cpp's q8_0 does: a single scale for a
- * whole row is wrecked by the outlier channels of these models (benchmarks/RESULTS.md). The
- * products then run on VNNI's 4-way int8 dot products (vpdpbusd takes unsigned x signed bytes:
- * |w| times x with w's sign moved onto x), summed per block in int32 and scaled in float32.
+ * The weights are llama.cpp's Q8_0: int8 [N, K] with one float16 scale per block of 32 inputs
+ * of a row, ws [N, K / 32] (absmax / 127, as llama.cpp's quantizer rounds it, so a Q8_0 GGUF's
+ * blocks come through bit for bit). y[m, n] = sum_b ws[n, b] * xs[m, b] * sum_{k in b}
+ * w[n, k] * xq[m, k] (+ bias[n]): each row of x is first quantized to int8 in blocks of 32
+ * the same way (a single scale for a whole row is wrecked by the outlier channels of these
+ * models, benchmarks/RESULTS.md), and the blocks' dot products are int8 x int8 in int32:
+ *
+ * - AVX512-VNNI: vpdpbusd, 64 inputs (two blocks) a step; it takes unsigned x signed bytes, so
+ *   |w| multiplies x with w's sign moved onto x;
+ * - AVX2 (with FMA and F16C), as llama.cpp's AVX2 path: the same sign trick on vpmaddubsw,
+ *   then vpmaddwd, 32 inputs (one block) a step.
  *
  * Built at run time by pe_engine/native_kernels.py (gcc -O3 -march=native -fopenmp); on a CPU
- * without AVX512-VNNI this file does not compile and pe keeps PyTorch's int8 kernel.
+ * with neither this file does not compile and pe runs int8 layers dequantized.
  */
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 
-#if !defined(__AVX512VNNI__) || !defined(__AVX512BW__)
-#error "needs AVX512-VNNI and AVX512-BW"
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define PE_VNNI 1
+#elif !defined(__AVX2__) || !defined(__FMA__) || !defined(__F16C__)
+#error "needs AVX512-VNNI, or AVX2 with FMA and F16C"
 #endif
 
-/* x's rows to int8 in blocks of 32; the scales as one 16-float vector per 64 inputs (lanes
- * 0-7: the first block's scale, 8-15: the second's), the layout the product multiplies by. */
+/* x's rows to int8 in blocks of 32, a float32 scale each: xq [M, K], xs [M, K / 32]. */
 static void quantize_rows(const float *x, int64_t M, int64_t K, int8_t *xq, float *xs) {
+    const int64_t blocks = K / 32;
     for (int64_t m = 0; m < M; m++) {
-        for (int64_t b = 0; b < K / 32; b++) {
+        for (int64_t b = 0; b < blocks; b++) {
             const float *src = x + m * K + b * 32;
             float amax = 0.f;
             for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(src[i]));
-            float inv = amax > 0.f ? 127.f / amax : 0.f;
+            const float d = amax / 127.f, inv = d > 0.f ? 1.f / d : 0.f;
             int8_t *dst = xq + m * K + b * 32;
             for (int i = 0; i < 32; i++) dst[i] = (int8_t)lrintf(src[i] * inv);
-            float *vec = xs + (m * (K / 64) + b / 2) * 16 + (b % 2) * 8;
-            for (int i = 0; i < 8; i++) vec[i] = amax / 127.f;
+            xs[m * blocks + b] = d;
         }
     }
 }
 
-/* Scratch: xq int8 [M, K], xs float32 [M, K / 4]. K must be a multiple of 64. */
-int pe_int8_linear(const float *x, const int8_t *w, const float *w_scale, const float *bias,
+/* The dot product of one weight row with one quantized input row, over all K / 32 blocks. */
+static inline float row_dot(const int8_t *wr, const uint16_t *wsr, const int8_t *xr,
+                            const float *xsr, int64_t blocks) {
+#ifdef PE_VNNI
+    const __m512i halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    __m512 acc = _mm512_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= blocks; b += 2) {
+        __m512i wv = _mm512_loadu_si512(wr + b * 32);
+        __m512i xv = _mm512_loadu_si512(xr + b * 32);
+        __mmask64 negative = _mm512_movepi8_mask(wv);
+        __m512i signed_x = _mm512_mask_sub_epi8(xv, negative, _mm512_setzero_si512(), xv);
+        __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(wv), signed_x);
+        /* lanes 0-7 hold block b's sums, 8-15 block b+1's: scale each half by its blocks */
+        uint32_t two;
+        __builtin_memcpy(&two, wsr + b, 4);
+        __m128 w_scales = _mm_cvtph_ps(_mm_cvtsi32_si128((int)two));
+        __m128 scales = _mm_mul_ps(w_scales, _mm_castpd_ps(_mm_load_sd((const double *)(xsr + b))));
+        __m512 scale = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(scales));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc);
+    }
+    float sum = _mm512_reduce_add_ps(acc);
+    if (b < blocks) { /* an odd last block */
+        __m256i wv = _mm256_loadu_si256((const __m256i *)(wr + b * 32));
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(xr + b * 32));
+        __mmask32 negative = _mm256_movepi8_mask(wv);
+        __m256i signed_x = _mm256_mask_sub_epi8(xv, negative, _mm256_setzero_si256(), xv);
+        __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(wv), signed_x);
+        __m256 f = _mm256_cvtepi32_ps(dot);
+        __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(f), _mm256_extractf128_ps(f, 1));
+        s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+        sum += _mm_cvtss_f32(s4) * _cvtsh_ss(wsr[b]) * xsr[b];
+    }
+    return sum;
+#else
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < blocks; b++) {
+        __m256i wv = _mm256_loadu_si256((const __m256i *)(wr + b * 32));
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(xr + b * 32));
+        __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+        __m256i dot = _mm256_madd_epi16(pairs, ones);
+        __m256 scale = _mm256_set1_ps(_cvtsh_ss(wsr[b]) * xsr[b]);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc);
+    }
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+    return _mm_cvtss_f32(s4);
+#endif
+}
+
+/* Scratch: xq int8 [M, K], xs float32 [M, K / 32]. K must be a multiple of 32. */
+int pe_int8_linear(const float *x, const int8_t *w, const uint16_t *w_scale, const float *bias,
                    float *y, int64_t M, int64_t N, int64_t K, int8_t *xq, float *xs,
                    int32_t threads) {
-    if (K % 64) return 1;
+    if (K % 32) return 1;
+    const int64_t blocks = K / 32;
     quantize_rows(x, M, K, xq, xs);
-    const int64_t chunks = K / 64;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t n = 0; n < N; n++) {
         const int8_t *wr = w + n * K;
-        for (int64_t m = 0; m < M; m++) {
-            const int8_t *xr = xq + m * K;
-            const float *sr = xs + m * chunks * 16;
-            __m512 acc = _mm512_setzero_ps();
-            for (int64_t c = 0; c < chunks; c++) {
-                __m512i wv = _mm512_loadu_si512(wr + c * 64);
-                __m512i xv = _mm512_loadu_si512(xr + c * 64);
-                __mmask64 negative = _mm512_movepi8_mask(wv);
-                __m512i signed_x = _mm512_mask_sub_epi8(xv, negative, _mm512_setzero_si512(), xv);
-                __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(wv),
-                                                  signed_x);
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_loadu_ps(sr + c * 16), acc);
-            }
-            y[m * N + n] = _mm512_reduce_add_ps(acc) * w_scale[n] + (bias ? bias[n] : 0.f);
-        }
+        const uint16_t *wsr = w_scale + n * blocks;
+        for (int64_t m = 0; m < M; m++)
+            y[m * N + n] = row_dot(wr, wsr, xq + m * K, xs + m * blocks, blocks) +
+                           (bias ? bias[n] : 0.f);
     }
     return 0;
 }
@@ -91,9 +139,9 @@ typedef struct {
     pe_decode_fn decode;
 } PeKernels;
 
-typedef struct { /* one int8 linear: weight [n, k], a scale per row, optional bias */
+typedef struct { /* one int8 linear: weight [n, k], a float16 scale per 32, optional bias */
     const int8_t *weight;
-    const float *scale;
+    const uint16_t *scale;
     const float *bias;
     int64_t n, k;
 } PeInt8Weight;
