@@ -37,3 +37,21 @@ def build_llm(tiny_llama_dir: Path) -> Callable[..., LLM]:
 @pytest.fixture(scope="module")
 def llm(build_llm: Callable[..., LLM]) -> LLM:
     return build_llm()
+
+
+AVX2_FLAGS = ("-O3", "-march=haswell", "-fopenmp", "-fno-math-errno", "-fPIC", "-shared")
+
+
+@pytest.fixture
+def avx2_int8(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """pe's int8 kernel library as a CPU without AVX512-VNNI builds it (AVX2), in place of
+    this machine's build for the test: the engine's int8 products and C layer walk use it."""
+    from pe_engine.models import int8_layers, int8_linear
+
+    lib = int8_linear._build_int8_library(AVX2_FLAGS)
+    if lib is None:
+        pytest.skip("the AVX2 int8 kernel does not build here (not x86)")
+    monkeypatch.setattr(int8_linear, "int8_kernel_library", lambda: lib)
+    monkeypatch.setattr(int8_layers, "int8_kernel_library", lambda: lib)
+    monkeypatch.setattr(int8_linear, "int8_kernel", lambda: int8_linear.linear_function(lib))
+    return lib

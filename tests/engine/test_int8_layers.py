@@ -28,13 +28,17 @@ def logprobs(llm: LLM, params: SamplingParams) -> list[list[dict[int, float]]]:
     ]
 
 
+@pytest.mark.parametrize("build", ["native", "avx2"])
 @pytest.mark.parametrize("fixture", ["tiny_llama_dir", "tiny_qwen2_dir"])  # qwen2: qkv bias
 def test_the_c_layer_walk_answers_as_the_layer_by_layer_path(
-    fixture: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+    fixture: str, build: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The walk multiplies every decode row on the int8 kernel; so do both runs here for all
     steps of up to FUSED_ROWS rows (layer by layer, the kernel takes up to KERNEL_ROWS rows and
-    dequantizes past that). Equal to the last bit: the same kernels in the same order."""
+    dequantizes past that). Equal to the last bit: the same kernels in the same order. Both
+    builds of the kernel: this CPU's, and the AVX2 one CPUs without AVX512-VNNI get."""
+    if build == "avx2":
+        request.getfixturevalue("avx2_int8")
     monkeypatch.setattr(int8_linear, "KERNEL_ROWS", FUSED_ROWS)
     model_dir = request.getfixturevalue(fixture)
     llm = LLM(str(model_dir), dtype="float32", quantization="int8", max_model_len=128,

@@ -16,7 +16,6 @@ from pe_engine import LLM, SamplingParams
 from pe_engine.config import EngineConfig
 from pe_engine.models import int8_linear
 from pe_engine.models.int8_linear import Int8Linear
-from pe_engine.native_kernels import KernelBuildError, build_library
 
 PROMPTS = ["The capital of France is", "def fib(n):", "1, 2, 3, 4,"]
 
@@ -107,30 +106,15 @@ def test_kernel_blocks_its_inputs_like_q8_0(rows: int, monkeypatch: pytest.Monke
     torch.testing.assert_close(layer(x), exact)
 
 
-def avx2_kernel() -> Any:
-    """The kernel's AVX2 build (what a CPU without AVX512-VNNI runs), or None off x86."""
-    try:
-        lib = build_library(
-            "pe_engine.models.kernels", "int8_linear.c",
-            ("-O3", "-march=haswell", "-fopenmp", "-fno-math-errno", "-fPIC", "-shared"),
-        )  # fmt: skip
-    except KernelBuildError:
-        return None
-    fn = lib.pe_int8_linear
-    fn.restype = ctypes.c_int32
-    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2
-    fn.argtypes += [ctypes.c_int32]
-    return fn
-
-
 @pytest.mark.parametrize("in_features", [32, 544, 576])
 @pytest.mark.parametrize("rows", [1, 3])
-def test_both_kernel_builds_agree_with_the_dequantized_product(in_features: int, rows: int) -> None:
+def test_both_kernel_builds_agree_with_the_dequantized_product(
+    in_features: int, rows: int, avx2_int8: ctypes.CDLL
+) -> None:
     """The AVX512-VNNI and the AVX2 build (odd and even block counts): the same int8 sums, so
     results equal to float rounding, and within the inputs' quantization of the exact product."""
-    builds = [fn for fn in (int8_linear.int8_kernel(), avx2_kernel()) if fn is not None]
-    if not builds:
-        pytest.skip("no x86 int8 kernel builds here")
+    native = int8_linear._build_int8_library()
+    builds = [int8_linear.linear_function(lib) for lib in (native, avx2_int8) if lib is not None]
     gen = torch.Generator().manual_seed(in_features + rows)
     layer = Int8Linear(torch.randn(48, in_features, generator=gen), torch.randn(48, generator=gen))
     x = torch.randn(rows, in_features, generator=gen)

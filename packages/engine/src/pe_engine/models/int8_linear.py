@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pe_engine.native_kernels import KernelBuildError, build_library
+from pe_engine.native_kernels import FLAGS, KernelBuildError, build_library
 
 log = logging.getLogger("pe_engine")
 
@@ -135,8 +135,11 @@ def int8_kernel() -> Any:
     compiler, neither AVX512-VNNI nor AVX2: the file refuses to compile) or
     ``PE_INT8_KERNEL=torch``."""
     lib = int8_kernel_library()
-    if lib is None:
-        return None
+    return None if lib is None else linear_function(lib)
+
+
+def linear_function(lib: ctypes.CDLL) -> Any:
+    """``pe_int8_linear`` of a built library, typed."""
     fn = lib.pe_int8_linear
     fn.restype = ctypes.c_int32
     fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2
@@ -152,9 +155,10 @@ def int8_kernel_library() -> ctypes.CDLL | None:
 
 
 @cache
-def _build_int8_library() -> ctypes.CDLL | None:
+def _build_int8_library(flags: tuple[str, ...] = FLAGS) -> ctypes.CDLL | None:
+    """The library built with ``flags`` (the tests also build its AVX2 variant here)."""
     try:
-        return build_library("pe_engine.models.kernels", "int8_linear.c")
+        return build_library("pe_engine.models.kernels", "int8_linear.c", flags)
     except KernelBuildError as exc:
         log.warning("int8 kernel unavailable (%s); int8 layers run dequantized (slow)", exc)
         return None
