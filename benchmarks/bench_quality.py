@@ -142,15 +142,15 @@ def main() -> None:
         name = f"pe {quantization or dtype}"
         scores[name] = pe_scores(model_dir, dtype, quantization, args.threads, windows)
         print(f"{name} done", flush=True)
-    # int8's decode rows take the int8 matrix-vector kernel (bfloat16 activations), its wider
-    # batches the dequantized float32 product: score the kernel's numbers too, every row on it
+    # int8's decode rows take the int8 kernel (inputs quantized per 32), its wider batches the
+    # dequantized float32 product: score the kernel's numbers too, every row on it
     from pe_engine.models import int8_linear
 
-    int8_linear.KERNEL_ROWS = 1 << 30
+    kernel_rows, int8_linear.KERNEL_ROWS = int8_linear.KERNEL_ROWS, 1 << 30
     scores["pe int8 (decode kernel)"] = pe_scores(
         model_dir, "float32", "int8", args.threads, windows
     )
-    int8_linear.KERNEL_ROWS = 2
+    int8_linear.KERNEL_ROWS = kernel_rows
     if has_llama_cpp():
         for tag in LLAMA_CPP_FTYPES:
             gguf = llama_cpp_gguf(gguf_dir() / GGUF_FILE, tag)

@@ -65,6 +65,11 @@ def test_int8_linear_without_the_kernel_is_the_dequantized_product(
     monkeypatch.setattr(int8_linear, "int8_kernel", lambda: None)
     layer = Int8Linear(weight[:, :32])
     torch.testing.assert_close(layer(x[:, :32]), F.linear(x[:, :32], layer.dequantized()))
+    # a slice of output channels at a time: 32 x 40 weights, 7 channels a slice, with a bias
+    monkeypatch.setattr(int8_linear, "DEQUANTIZED_SLICE", 7 * 40)
+    bias = torch.randn(32, generator=gen)
+    layer, rows = Int8Linear(weight, bias), torch.randn(5, 40, generator=gen)
+    torch.testing.assert_close(layer(rows), F.linear(rows, layer.dequantized(), bias))
 
 
 def test_weights_are_llama_cpp_q8_0_blocks_bit_for_bit() -> None:

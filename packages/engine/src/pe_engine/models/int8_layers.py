@@ -8,7 +8,7 @@ Python and dispatch between them (some thirty calls a layer), about a third of a
 on the demo model (benchmarks/RESULTS.md).
 
 The model takes this path for steps whose rows are all decode queries (at most
-``fused_ops.FUSED_ROWS`` of them, float32 activations) when every linear of every layer is
+``int8_linear.KERNEL_ROWS`` of them, float32 activations) when every linear of every layer is
 an :class:`~pe_engine.models.int8_linear.Int8Linear` the kernel can run and attention is
 :class:`~pe_engine.attention.cpu.CpuAttentionBackend`; anything else runs layer by layer.
 """
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pe_engine.models import int8_linear
 from pe_engine.models.int8_linear import Int8Linear, int8_kernel_library
 
 if TYPE_CHECKING:
@@ -95,9 +96,14 @@ class Int8DecodeLayers:
         return cls(model, kernels, run_layer)
 
     @staticmethod
-    def can_run(metadata: AttentionMetadata) -> bool:
-        """Every row of the step is a decode query."""
-        return not metadata.prefills and metadata.num_decode_tokens == metadata.num_tokens
+    def can_run(x: torch.Tensor, metadata: AttentionMetadata) -> bool:
+        """Every row of the step is a decode query, and there are at most
+        ``int8_linear.KERNEL_ROWS`` of them (past that the products dequantize)."""
+        return (
+            x.shape[0] <= int8_linear.KERNEL_ROWS
+            and not metadata.prefills
+            and metadata.num_decode_tokens == metadata.num_tokens
+        )
 
     def run(
         self, residual: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata

@@ -40,10 +40,13 @@ from pe_engine.native_kernels import FLAGS, KernelBuildError, build_library
 
 log = logging.getLogger("pe_engine")
 
-# Rows up to which the int8 matrix-vector kernel runs. Measured on the 2-core Xeon against
-# bfloat16 oneDNN: 1.2-1.9x faster at one row, even at two, slower from four. A module global
-# so that bench_quality.py can send every row through the kernel to score its numbers.
-KERNEL_ROWS = 2
+# Rows up to which products run on the int8 kernel (and decode steps walk each layer in C,
+# models/int8_layers.py); wider ones dequantize the weight, a slice at a time, for F.linear.
+# The kernel's time grows with the rows, dequantizing costs about the same at any width:
+# measured on the 2-core Xeon (RESULTS.md, "int8 batches"), they cross between 16 and 48 rows.
+# A module global so that tests and bench_quality.py can move it.
+KERNEL_ROWS = 16
+DEQUANTIZED_SLICE = 1 << 20  # weights dequantized at a time past KERNEL_ROWS
 BLOCK = 32  # inputs per scale, as Q8_0
 
 
@@ -72,9 +75,21 @@ class Int8Linear(nn.Module):
         if rows.shape[0] <= KERNEL_ROWS and self.fits_kernel and int8_kernel():
             y = self._kernel(rows)
         else:
-            y = F.linear(rows.float(), self.dequantized(), self.bias)
+            y = self._dequantized_product(rows.float())
         y = y.to(x.dtype)
         return y if x.dim() == 2 else y.view(*x.shape[:-1], self.out_features)
+
+    def _dequantized_product(self, rows: torch.Tensor) -> torch.Tensor:
+        """``F.linear`` on the dequantized weight, a slice of output channels at a time (about
+        4 MiB of float32 each): the whole output head dequantized at once is 113 MiB of
+        fresh memory a step on the demo model, three times slower (RESULTS.md)."""
+        out = torch.empty(rows.shape[0], self.out_features)
+        step = max(1, DEQUANTIZED_SLICE // self.in_features)
+        for start in range(0, self.out_features, step):
+            stop = min(start + step, self.out_features)
+            weight = dequantize_q8_0(self.weight[start:stop], self.scale[start:stop])
+            out[:, start:stop] = F.linear(rows, weight)
+        return out if self.bias is None else out.add_(self.bias)
 
     def _kernel(self, rows: torch.Tensor) -> torch.Tensor:
         """pe's int8 kernel: float32 rows in, float32 out (a decode step makes ~120 of these
@@ -123,10 +138,10 @@ def quantize_q8_0(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def dequantize_q8_0(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     out_features, in_features = values.shape
     blocks = scale.shape[1]
-    padded = F.pad(values.float(), (0, blocks * BLOCK - in_features)).view(
-        out_features, blocks, BLOCK
-    )
-    return (padded * scale.float()[..., None]).view(out_features, -1)[:, :in_features]
+    if blocks * BLOCK != in_features:
+        values = F.pad(values, (0, blocks * BLOCK - in_features))
+    weight = values.view(out_features, blocks, BLOCK).float().mul_(scale.float()[..., None])
+    return weight.view(out_features, -1)[:, :in_features]
 
 
 @cache

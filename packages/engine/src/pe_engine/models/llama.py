@@ -294,8 +294,9 @@ class LlamaForCausalLM(nn.Module):
             assert input_ids is not None, "input_ids or inputs_embeds is required"
             inputs_embeds = self.embed_tokens(input_ids)
         x = inputs_embeds
-        if x.shape[0] <= FUSED_ROWS and self.can_fuse(x):
-            return self._forward_fused(x, positions, metadata)
+        walk = self.int8_layers is not None and self.int8_layers.can_run(x, metadata)
+        if (walk or x.shape[0] <= FUSED_ROWS) and self.can_fuse(x):
+            return self._forward_fused(x, positions, metadata, walk)
         cos, sin = self.model.rotary_emb(positions)
         for layer in self.model.layers:
             x = layer(x, cos, sin, metadata)
@@ -313,17 +314,19 @@ class LlamaForCausalLM(nn.Module):
         )
 
     def _forward_fused(
-        self, x: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata
+        self, x: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata, walk: bool
     ) -> torch.Tensor:
         """``forward`` for a few float32 rows on the CPU: the residual stream is one buffer
-        each layer adds its output to inside the next norm's C call."""
+        each layer adds its output to inside the next norm's C call (``walk``: every layer in
+        one C call of the int8 layer walk)."""
         ops = fused_ops()
         assert ops is not None
         residual = x.contiguous().clone()  # updated in place: never the caller's tensor
         normed = torch.empty_like(residual)
         cos_sin = self.model.rotary_emb.cos_sin
         delta = None
-        if self.int8_layers is not None and self.int8_layers.can_run(metadata):
+        if walk:
+            assert self.int8_layers is not None
             self.int8_layers.run(residual, positions, metadata)
         else:
             for layer in self.model.layers:
