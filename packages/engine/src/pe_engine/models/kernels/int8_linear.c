@@ -41,56 +41,76 @@ static void quantize_rows(const float *x, int64_t M, int64_t K, int8_t *xq, floa
     }
 }
 
-/* The dot product of one weight row with one quantized input row, over all K / 32 blocks. */
-static inline float row_dot(const int8_t *wr, const uint16_t *wsr, const int8_t *xr,
-                            const float *xsr, int64_t blocks) {
-#ifdef PE_VNNI
-    const __m512i halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    __m512 acc = _mm512_setzero_ps();
-    int64_t b = 0;
-    for (; b + 2 <= blocks; b += 2) {
-        __m512i wv = _mm512_loadu_si512(wr + b * 32);
-        __m512i xv = _mm512_loadu_si512(xr + b * 32);
-        __mmask64 negative = _mm512_movepi8_mask(wv);
-        __m512i signed_x = _mm512_mask_sub_epi8(xv, negative, _mm512_setzero_si512(), xv);
-        __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(wv), signed_x);
-        /* lanes 0-7 hold block b's sums, 8-15 block b+1's: scale each half by its blocks */
-        uint32_t two;
-        __builtin_memcpy(&two, wsr + b, 4);
-        __m128 w_scales = _mm_cvtph_ps(_mm_cvtsi32_si128((int)two));
-        __m128 scales = _mm_mul_ps(w_scales, _mm_castpd_ps(_mm_load_sd((const double *)(xsr + b))));
-        __m512 scale = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(scales));
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc);
-    }
-    float sum = _mm512_reduce_add_ps(acc);
-    if (b < blocks) { /* an odd last block */
-        __m256i wv = _mm256_loadu_si256((const __m256i *)(wr + b * 32));
-        __m256i xv = _mm256_loadu_si256((const __m256i *)(xr + b * 32));
-        __mmask32 negative = _mm256_movepi8_mask(wv);
-        __m256i signed_x = _mm256_mask_sub_epi8(xv, negative, _mm256_setzero_si256(), xv);
-        __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(wv), signed_x);
-        __m256 f = _mm256_cvtepi32_ps(dot);
-        __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(f), _mm256_extractf128_ps(f, 1));
-        s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
-        sum += _mm_cvtss_f32(s4) * _cvtsh_ss(wsr[b]) * xsr[b];
-    }
-    return sum;
-#else
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < blocks; b++) {
-        __m256i wv = _mm256_loadu_si256((const __m256i *)(wr + b * 32));
-        __m256i xv = _mm256_loadu_si256((const __m256i *)(xr + b * 32));
-        __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-        __m256i dot = _mm256_madd_epi16(pairs, ones);
-        __m256 scale = _mm256_set1_ps(_cvtsh_ss(wsr[b]) * xsr[b]);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc);
-    }
-    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+static inline float sum_of_lanes(__m256 v) {
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
     s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
     return _mm_cvtss_f32(s4);
+}
+
+#define TILE 4 /* input rows multiplied together with each weight row */
+
+/* out[r] = the dot product of one weight row with each of R (<= TILE) quantized input rows
+ * (xq + r * K, scales xs + r * blocks). Each weight chunk is loaded and prepared once for all
+ * R rows, and the R sums are independent chains; called with R a constant, so it unrolls. */
+static inline __attribute__((always_inline)) void rows_dot(const int8_t *wr,
+                                                           const uint16_t *wsr,
+                                                           const int8_t *xq, const float *xs,
+                                                           int64_t K, int64_t blocks, int R,
+                                                           float *out) {
+#ifdef PE_VNNI
+    const __m512i halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    __m512 acc[TILE];
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= blocks; b += 2) {
+        __m512i wv = _mm512_loadu_si512(wr + b * 32);
+        __mmask64 negative = _mm512_movepi8_mask(wv);
+        __m512i magnitude = _mm512_abs_epi8(wv);
+        uint32_t two;
+        __builtin_memcpy(&two, wsr + b, 4);
+        __m128 w_scales = _mm_cvtph_ps(_mm_cvtsi32_si128((int)two));
+        for (int r = 0; r < R; r++) {
+            __m512i xv = _mm512_loadu_si512(xq + r * K + b * 32);
+            __m512i signed_x = _mm512_mask_sub_epi8(xv, negative, _mm512_setzero_si512(), xv);
+            __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), magnitude, signed_x);
+            /* lanes 0-7 hold block b's sums, 8-15 block b+1's: scale each half by its blocks */
+            __m128 x_scales = _mm_castpd_ps(_mm_load_sd((const double *)(xs + r * blocks + b)));
+            __m128 scales = _mm_mul_ps(w_scales, x_scales);
+            __m512 scale = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(scales));
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) out[r] = _mm512_reduce_add_ps(acc[r]);
+    if (b < blocks) { /* an odd last block */
+        __m256i wv = _mm256_loadu_si256((const __m256i *)(wr + b * 32));
+        __mmask32 negative = _mm256_movepi8_mask(wv);
+        __m256i magnitude = _mm256_abs_epi8(wv);
+        const float w_scale = _cvtsh_ss(wsr[b]);
+        for (int r = 0; r < R; r++) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + r * K + b * 32));
+            __m256i signed_x = _mm256_mask_sub_epi8(xv, negative, _mm256_setzero_si256(), xv);
+            __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), magnitude, signed_x);
+            out[r] += sum_of_lanes(_mm256_cvtepi32_ps(dot)) * w_scale * xs[r * blocks + b];
+        }
+    }
+#else
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[TILE];
+    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < blocks; b++) {
+        __m256i wv = _mm256_loadu_si256((const __m256i *)(wr + b * 32));
+        __m256i magnitude = _mm256_sign_epi8(wv, wv);
+        const float w_scale = _cvtsh_ss(wsr[b]);
+        for (int r = 0; r < R; r++) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + r * K + b * 32));
+            __m256i pairs = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(xv, wv));
+            __m256i dot = _mm256_madd_epi16(pairs, ones);
+            __m256 scale = _mm256_set1_ps(w_scale * xs[r * blocks + b]);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, acc[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) out[r] = sum_of_lanes(acc[r]);
 #endif
 }
 
@@ -105,9 +125,20 @@ int pe_int8_linear(const float *x, const int8_t *w, const uint16_t *w_scale, con
     for (int64_t n = 0; n < N; n++) {
         const int8_t *wr = w + n * K;
         const uint16_t *wsr = w_scale + n * blocks;
-        for (int64_t m = 0; m < M; m++)
-            y[m * N + n] = row_dot(wr, wsr, xq + m * K, xs + m * blocks, blocks) +
-                           (bias ? bias[n] : 0.f);
+        const float add = bias ? bias[n] : 0.f;
+        float out[TILE];
+        for (int64_t m = 0; m < M; m += TILE) {
+            const int8_t *xr = xq + m * K;
+            const float *sr = xs + m * blocks;
+            const int64_t R = M - m < TILE ? M - m : TILE;
+            switch (R) { /* constant row counts, each its own unrolled copy */
+            case 1: rows_dot(wr, wsr, xr, sr, K, blocks, 1, out); break;
+            case 2: rows_dot(wr, wsr, xr, sr, K, blocks, 2, out); break;
+            case 3: rows_dot(wr, wsr, xr, sr, K, blocks, 3, out); break;
+            default: rows_dot(wr, wsr, xr, sr, K, blocks, TILE, out); break;
+            }
+            for (int64_t r = 0; r < R; r++) y[(m + r) * N + n] = out[r] + add;
+        }
     }
     return 0;
 }
