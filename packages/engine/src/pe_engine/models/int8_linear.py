@@ -43,9 +43,9 @@ log = logging.getLogger("pe_engine")
 # Rows up to which products run on the int8 kernel (and decode steps walk each layer in C,
 # models/int8_layers.py); wider ones dequantize the weight, a slice at a time, for F.linear.
 # The kernel's time grows with the rows, dequantizing costs about the same at any width:
-# measured on the 2-core Xeon (RESULTS.md, "int8 batches"), they cross between 16 and 48 rows.
+# measured on the 2-core Xeon (RESULTS.md, "int8 batches"), the kernel still wins at 32 rows.
 # A module global so that tests and bench_quality.py can move it.
-KERNEL_ROWS = 16
+KERNEL_ROWS = 32
 DEQUANTIZED_SLICE = 1 << 20  # weights dequantized at a time past KERNEL_ROWS
 BLOCK = 32  # inputs per scale, as Q8_0
 
