@@ -7,15 +7,17 @@ of float32's bytes. Batch-1 decode on the CPU is bound by the bytes of weight a 
 Q8_0 exactly, a Q8_0 GGUF's weights (dequantized on load, gguf_model.py) quantize back to the
 file's own blocks bit for bit, and pe's int8 holds the same weights as llama.cpp's q8_0.
 
-Decode rows (up to ``KERNEL_ROWS``) go through pe's C kernel (``kernels/int8_linear.c``,
+Products of up to ``KERNEL_ROWS`` rows go through pe's C kernel (``kernels/int8_linear.c``,
 AVX512-VNNI or AVX2): the input rows quantized to int8 in blocks of 32 with a scale each, as
-llama.cpp does, and multiplied int8 by int8. Wider batches (prefill, many sequences), and every
-product where the kernel cannot be built (no x86 SIMD, no compiler, ``PE_INT8_KERNEL=torch``),
-dequantize the weight to float32 for one ``F.linear``: the kernel reads the weight once per row
-or so and slows down steeply with more rows.
+llama.cpp does, and multiplied int8 by int8, four rows at a time. Wider batches (prefill, many
+sequences), and every product where the kernel cannot be built (no x86 SIMD, no compiler,
+``PE_INT8_KERNEL=torch``), dequantize the weight to float32 a slice at a time for ``F.linear``:
+the kernel's work grows with every row, while a float32 product of many rows runs near the
+machine's peak.
 
-Pure decode steps of up to eight sequences on the kernel do not come through ``forward`` at
-all: ``models/int8_layers.py`` walks each layer in one C call around the same kernel.
+Pure decode steps of up to ``KERNEL_ROWS`` sequences on the kernel do not come through
+``forward`` at all: ``models/int8_layers.py`` walks each layer in one C call around the same
+kernel.
 
 Why not FBGEMM's dynamic int8 linear, which is fast at every width: it quantizes each call's
 input with one scale for all channels, and this model family's activations have outlier

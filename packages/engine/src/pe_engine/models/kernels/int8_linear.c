@@ -12,6 +12,9 @@
  * - AVX2 (with FMA and F16C), as llama.cpp's AVX2 path: the same sign trick on vpmaddubsw,
  *   then vpmaddwd, 32 inputs (one block) a step.
  *
+ * Each weight row meets up to four input rows at a time (rows_dot): its chunks are loaded and
+ * their signs prepared once for all four, so several sequences cost less than one each.
+ *
  * Built at run time by pe_engine/native_kernels.py (gcc -O3 -march=native -fopenmp); on a CPU
  * with neither this file does not compile and pe runs int8 layers dequantized.
  */
@@ -75,7 +78,8 @@ static inline __attribute__((always_inline)) void rows_dot(const int8_t *wr,
             __m512i signed_x = _mm512_mask_sub_epi8(xv, negative, _mm512_setzero_si512(), xv);
             __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), magnitude, signed_x);
             /* lanes 0-7 hold block b's sums, 8-15 block b+1's: scale each half by its blocks */
-            __m128 x_scales = _mm_castpd_ps(_mm_load_sd((const double *)(xs + r * blocks + b)));
+            __m128 x_scales = _mm_castsi128_ps(
+                _mm_loadl_epi64((const __m128i *)(xs + r * blocks + b))); /* 2 floats */
             __m128 scales = _mm_mul_ps(w_scales, x_scales);
             __m512 scale = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(scales));
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[r]);
