@@ -53,5 +53,6 @@ def avx2_int8(monkeypatch: pytest.MonkeyPatch) -> Any:
         pytest.skip("the AVX2 int8 kernel does not build here (not x86)")
     monkeypatch.setattr(int8_linear, "int8_kernel_library", lambda: lib)
     monkeypatch.setattr(int8_layers, "int8_kernel_library", lambda: lib)
-    monkeypatch.setattr(int8_linear, "int8_kernel", lambda: int8_linear.linear_function(lib))
+    product = int8_linear.linear_function(lib)  # typed once, as int8_kernel() does
+    monkeypatch.setattr(int8_linear, "int8_kernel", lambda: product)
     return lib

@@ -294,8 +294,10 @@ class LlamaForCausalLM(nn.Module):
             assert input_ids is not None, "input_ids or inputs_embeds is required"
             inputs_embeds = self.embed_tokens(input_ids)
         x = inputs_embeds
-        walk = self.int8_layers is not None and self.int8_layers.can_run(x, metadata)
-        if (walk or x.shape[0] <= FUSED_ROWS) and self.can_fuse(x):
+        walk = self.int8_layers
+        if walk is not None and not walk.can_run(x, metadata):
+            walk = None
+        if (walk is not None or x.shape[0] <= FUSED_ROWS) and self.can_fuse(x):
             return self._forward_fused(x, positions, metadata, walk)
         cos, sin = self.model.rotary_emb(positions)
         for layer in self.model.layers:
@@ -314,20 +316,23 @@ class LlamaForCausalLM(nn.Module):
         )
 
     def _forward_fused(
-        self, x: torch.Tensor, positions: torch.Tensor, metadata: AttentionMetadata, walk: bool
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        metadata: AttentionMetadata,
+        walk: Int8DecodeLayers | None,
     ) -> torch.Tensor:
         """``forward`` for a few float32 rows on the CPU: the residual stream is one buffer
-        each layer adds its output to inside the next norm's C call (``walk``: every layer in
-        one C call of the int8 layer walk)."""
+        each layer adds its output to inside the next norm's C call (``walk``, when given: every
+        layer in one C call of the int8 layer walk)."""
         ops = fused_ops()
         assert ops is not None
         residual = x.contiguous().clone()  # updated in place: never the caller's tensor
         normed = torch.empty_like(residual)
         cos_sin = self.model.rotary_emb.cos_sin
         delta = None
-        if walk:
-            assert self.int8_layers is not None
-            self.int8_layers.run(residual, positions, metadata)
+        if walk is not None:
+            walk.run(residual, positions, metadata)
         else:
             for layer in self.model.layers:
                 delta = layer.forward_fused(
